@@ -1,0 +1,20 @@
+"""A code-generating compiler for convolution layers, built on Apache TVM.
+
+``compiler.Conv2d`` / ``compiler.ConvTranspose2d`` take ``torch.nn``'s arguments and run kernels
+generated, scheduled and compiled here.
+"""
+import os as _os
+
+# TVM's CPU thread pool defaults to half the logical CPUs on x86 (it assumes hyper-threading) and
+# reads TVM_NUM_THREADS once, when the pool starts: set it before TVM is first used.
+if "TVM_NUM_THREADS" not in _os.environ:
+    try:
+        _os.environ["TVM_NUM_THREADS"] = str(len(_os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
+
+from .modules import Conv2d, ConvTranspose2d  # noqa: E402
+from .spec import ConvSpec  # noqa: E402
+
+__all__ = ["Conv2d", "ConvTranspose2d", "ConvSpec"]
+__version__ = "0.1.0"

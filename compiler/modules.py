@@ -1,0 +1,170 @@
+"""``Conv2d`` and ``ConvTranspose2d``: torch.nn modules whose forward runs the project's own kernels.
+
+Constructor signatures, defaults, attributes, parameter shapes and initialisation, ``extra_repr``
+and errors are torch's (2.13), so ``state_dict`` moves both ways between these and ``torch.nn``.
+Inputs and outputs cross into TVM through DLPack (no copies): the kernel writes straight into the
+returned tensor.  Kernels are compiled on first use per (layer, input shape, dtype, target) and
+cached for the process; ``module.kernel`` is the last one used (``.schedule``, ``.target``).
+The modules are for inference: their outputs carry no autograd history.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.nn import init
+
+from targets import host_target
+
+from .build import Kernel, get_kernel
+from .spec import ConvSpec
+
+SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                    torch.bfloat16: "bfloat16"}
+
+
+class _ConvBase(nn.Module):
+    """Shared parameter ownership, initialisation, validation and kernel dispatch."""
+
+    _op_name = "conv2d"
+
+    def __init__(self, spec: ConvSpec, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        probe = torch.empty(0, **factory)
+        if probe.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{type(self).__name__} supports dtypes {list(SUPPORTED_DTYPES)}, got {probe.dtype}")
+        if probe.device.type != "cpu":
+            raise RuntimeError(f"{type(self).__name__} runs on the CPU here; got device {probe.device}")
+        self.in_channels = spec.in_channels
+        self.out_channels = spec.out_channels
+        self.kernel_size = spec.kernel_size
+        self.stride = spec.stride
+        self.padding = spec.padding
+        self.dilation = spec.dilation
+        self.transposed = spec.transposed
+        self.output_padding = spec.output_padding
+        self.groups = spec.groups
+        self.padding_mode = spec.padding_mode
+        if isinstance(spec.padding, str) or len(spec.padding) == 2:   # torch's F.pad order
+            pt, pb, pl, pr = spec.pads
+            self._reversed_padding_repeated_twice = [pl, pr, pt, pb]
+        self.weight = nn.Parameter(torch.empty(spec.weight_shape, **factory))
+        if spec.bias:
+            self.bias = nn.Parameter(torch.empty(spec.out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.target = None      # None: the host CPU (targets.host_target())
+        self.kernel: Optional[Kernel] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation, call for call, so a shared seed gives identical parameters."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
+        if self.padding != (0,) * len(self.padding):
+            s += ", padding={padding}"
+        if self.dilation != (1,) * len(self.dilation):
+            s += ", dilation={dilation}"
+        if self.output_padding != (0,) * len(self.output_padding):
+            s += ", output_padding={output_padding}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += ", padding_mode={padding_mode}"
+        return s.format(**self.__dict__)
+
+    @property
+    def schedule(self) -> Optional[str]:
+        """The schedule that served the last call (None before the first call)."""
+        return self.kernel.schedule if self.kernel is not None else None
+
+    # ------------------------------------------------------------------ forward
+    def _spec(self) -> ConvSpec:
+        """The layer as its attributes say now (torch reads them at every call too)."""
+        return ConvSpec(self.transposed, self.in_channels, self.out_channels, tuple(self.kernel_size),
+                        tuple(self.stride), self.padding if isinstance(self.padding, str)
+                        else tuple(self.padding), tuple(self.dilation), self.groups,
+                        self.bias is not None, self.padding_mode, tuple(self.output_padding))
+
+    def _check_input(self, input) -> None:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{self._op_name}(): argument 'input' must be Tensor, not {type(input).__name__}")
+        if input.dim() not in (3, 4):
+            raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to {self._op_name}, but got "
+                               f"input of size: {list(input.shape)}")
+        if input.dtype != self.weight.dtype:
+            raise RuntimeError(f"Input type ({input.dtype}) and weight type ({self.weight.dtype}) should "
+                               "be the same")
+        if input.device != self.weight.device:
+            raise RuntimeError(f"Input device ({input.device}) and weight device ({self.weight.device}) "
+                               "should be the same")
+
+    def _run(self, spec: ConvSpec, input: torch.Tensor, output_padding=None) -> torch.Tensor:
+        batched = input.dim() == 4
+        x = input if batched else input.unsqueeze(0)
+        out_shape = spec.output_shape(tuple(x.shape), output_padding)   # raises torch's errors
+        if x.shape[0] == 0 or 0 in out_shape:
+            y = x.new_empty(out_shape)       # nothing to compute: no kernel for empty batches
+        elif spec.in_channels == 0:          # an empty reduction: every output is the bias alone
+            y = x.new_zeros(out_shape)
+            if self.bias is not None:
+                y += self.bias.detach().view(1, -1, 1, 1)
+        else:
+            kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
+                                self.target or host_target(), output_padding)
+            y = x.new_empty(out_shape)
+            args = [x.detach().contiguous(), self.weight.detach().contiguous()]
+            if self.bias is not None:
+                args.append(self.bias.detach().contiguous())
+            kernel(*args, y)
+            self.kernel = kernel
+        return y if batched else y.squeeze(0)
+
+
+class Conv2d(_ConvBase):
+    """``torch.nn.Conv2d`` computed by TVM-generated kernels."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None) -> None:
+        spec = ConvSpec.conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                               groups, bias, padding_mode)
+        super().__init__(spec, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        return self._run(self._spec(), input)
+
+
+class ConvTranspose2d(_ConvBase):
+    """``torch.nn.ConvTranspose2d`` computed by TVM-generated kernels (no multiply-adds on zeros)."""
+
+    _op_name = "conv_transpose2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
+        spec = ConvSpec.conv_transpose2d(in_channels, out_channels, kernel_size, stride, padding,
+                                         output_padding, groups, bias, dilation, padding_mode)
+        super().__init__(spec, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
+        self._check_input(input)
+        spec = self._spec()
+        output_padding = (spec.output_padding if output_size is None
+                          else spec.output_padding_for(tuple(input.shape), output_size))
+        return self._run(spec, input, tuple(output_padding))

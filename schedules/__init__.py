@@ -1,0 +1,9 @@
+"""How kernels are scheduled: hand-written rules, tried in one ordered list (specialised first)."""
+from .base import ScheduleRule, Workload, apply_first
+from .cpu_direct import CpuDirect
+from .fallback import CpuFallback
+
+#: The CPU rule chain, most specialised first; the fallback accepts everything.
+CPU_RULES = (CpuDirect(), CpuFallback())
+
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CpuDirect", "CpuFallback"]
