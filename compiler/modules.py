@@ -35,7 +35,8 @@ class _ConvBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         probe = torch.empty(0, **factory)
         if probe.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{type(self).__name__} supports dtypes {list(SUPPORTED_DTYPES)}, got {probe.dtype}")
+            raise RuntimeError(f"{type(self).__name__} supports dtypes {list(SUPPORTED_DTYPES)}, got "
+                               f"{probe.dtype}")
         if probe.device.type != "cpu":
             raise RuntimeError(f"{type(self).__name__} runs on the CPU here; got device {probe.device}")
         self.in_channels = spec.in_channels
@@ -50,7 +51,9 @@ class _ConvBase(nn.Module):
         self.padding_mode = spec.padding_mode
         if isinstance(spec.padding, str) or len(spec.padding) == 2:   # torch's F.pad order
             pt, pb, pl, pr = spec.pads
-            self._reversed_padding_repeated_twice = [pl, pr, pt, pb]
+            reversed_twice = [pl, pr, pt, pb]     # torch keeps a list for 'same'/'valid', a tuple otherwise
+            self._reversed_padding_repeated_twice = (
+                reversed_twice if isinstance(spec.padding, str) else tuple(reversed_twice))
         self.weight = nn.Parameter(torch.empty(spec.weight_shape, **factory))
         if spec.bias:
             self.bias = nn.Parameter(torch.empty(spec.out_channels, **factory))
@@ -117,10 +120,6 @@ class _ConvBase(nn.Module):
         out_shape = spec.output_shape(tuple(x.shape), output_padding)   # raises torch's errors
         if x.shape[0] == 0 or 0 in out_shape:
             y = x.new_empty(out_shape)       # nothing to compute: no kernel for empty batches
-        elif spec.in_channels == 0:          # an empty reduction: every output is the bias alone
-            y = x.new_zeros(out_shape)
-            if self.bias is not None:
-                y += self.bias.detach().view(1, -1, 1, 1)
         else:
             kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
                                 self.target or host_target(), output_padding)

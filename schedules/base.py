@@ -44,3 +44,10 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError subclass
         return False
+
+
+def vectorize_if_wide(sch: s_tir.Schedule, loop) -> None:
+    """Vectorise ``loop`` unless it has a single iteration (TVM refuses those)."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tirx.IntImm) or extent.value > 1:
+        sch.vectorize(loop)

@@ -13,7 +13,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, has_block
+from .base import ScheduleRule, has_block, vectorize_if_wide
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class CpuDirect(ScheduleRule):
             pad = sch.get_sblock("pad")
             pn, pc, ph, pw = sch.get_loops(pad)
             sch.parallel(sch.fuse(pn, pc))
-            sch.vectorize(pw)
+            vectorize_if_wide(sch, pw)
         # Step 2. Tile output channels and columns; the reduction runs around the register tile.
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
         co_o, co_i = sch.split(co, factors=[None, cfg.co_tile])
@@ -68,8 +68,8 @@ class CpuDirect(ScheduleRule):
         sch.reverse_compute_at(out, ow_o)
         sch.set_scope(conv, 0, "local")
         # Step 4. Vectorise columns, unroll channels (vectorise before decompose_reduction).
-        sch.vectorize(ow_i)
+        vectorize_if_wide(sch, ow_i)
         sch.unroll(co_i)
         sch.decompose_reduction(conv, rc)
-        sch.vectorize(sch.get_loops(out)[-1])
+        vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, has_block
+from .base import ScheduleRule, has_block, vectorize_if_wide
 
 
 class CpuFallback(ScheduleRule):
@@ -22,5 +22,5 @@ class CpuFallback(ScheduleRule):
         n, co, oh, ow, *_ = sch.get_loops(conv)
         sch.parallel(sch.fuse(n, co))
         sch.reverse_compute_at(out, oh)
-        sch.vectorize(sch.get_loops(out)[-1])
+        vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch

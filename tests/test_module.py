@@ -1,0 +1,109 @@
+"""The torch.nn surface: signatures, defaults, attributes, init, repr, state_dict, kernel cache."""
+import inspect
+
+import pytest
+import torch
+
+import compiler
+from compiler import build
+
+CLASSES = ["Conv2d", "ConvTranspose2d"]
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_constructor_signature_matches_torch(name):
+    ours = inspect.signature(getattr(compiler, name).__init__)
+    theirs = inspect.signature(getattr(torch.nn, name).__init__)
+    assert list(ours.parameters) == list(theirs.parameters)
+    assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()]
+
+
+def test_forward_signature_matches_torch():
+    assert list(inspect.signature(compiler.ConvTranspose2d.forward).parameters) == \
+        list(inspect.signature(torch.nn.ConvTranspose2d.forward).parameters)
+
+
+CONFIGS = [
+    ("Conv2d", (16, 33, (3, 5)), dict(stride=(2, 1), padding=(4, 2), dilation=(3, 1))),
+    ("Conv2d", (4, 8, 3), dict(padding="same", padding_mode="reflect", groups=2, bias=False)),
+    ("Conv2d", (4, 8, 4), dict(padding="same", dilation=2)),
+    ("Conv2d", (4, 8, 3), dict(padding="valid", padding_mode="circular")),
+    ("Conv2d", (4, 8, 1), {}),
+    ("ConvTranspose2d", (16, 16, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("ConvTranspose2d", (4, 6, (2, 3)), dict(groups=2, bias=False, dilation=(2, 1))),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs", CONFIGS, ids=str)
+def test_attributes_repr_and_init_match_torch(name, args, kwargs):
+    torch.manual_seed(1)
+    ours = getattr(compiler, name)(*args, **kwargs)
+    torch.manual_seed(1)
+    theirs = getattr(torch.nn, name)(*args, **kwargs)
+    assert repr(ours) == repr(theirs)
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+                 "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    # same initialisation, call for call
+    assert torch.equal(ours.weight, theirs.weight)
+    assert (ours.bias is None) == (theirs.bias is None)
+    if ours.bias is not None:
+        assert torch.equal(ours.bias, theirs.bias)
+    assert ours.weight.requires_grad and isinstance(ours.weight, torch.nn.Parameter)
+
+
+@pytest.mark.parametrize("name,args,kwargs", CONFIGS, ids=str)
+def test_state_dict_moves_both_ways(name, args, kwargs):
+    ours = getattr(compiler, name)(*args, **kwargs)
+    theirs = getattr(torch.nn, name)(*args, **kwargs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    theirs.load_state_dict(getattr(compiler, name)(*args, **kwargs).state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_factory_kwargs(dtype):
+    m = compiler.Conv2d(3, 4, 3, device="cpu", dtype=dtype)
+    assert m.weight.dtype == dtype and m.bias.dtype == dtype and m.weight.device.type == "cpu"
+    m = m.to(torch.float64)
+    assert m(torch.randn(1, 3, 5, 5, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_kernel_is_compiled_once_per_shape_and_reported():
+    build.clear_cache()
+    m = compiler.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 9, 9)
+    m(x)
+    first = m.kernel
+    assert first is not None and first.schedule == m.schedule == "cpu-direct"
+    assert "llvm" in str(first.target) and first.compile_seconds > 0
+    m(torch.randn(1, 3, 9, 9))
+    assert m.kernel is first and len(build._CACHE) == 1
+    compiler.Conv2d(3, 4, 3)(x)                  # same layer, another instance: shared kernel
+    assert len(build._CACHE) == 1
+    m(torch.randn(2, 3, 9, 9))                   # another shape: another kernel
+    assert m.kernel is not first and len(build._CACHE) == 2
+
+
+def test_output_is_written_in_place_without_copies():
+    # the kernel reads the caller's tensors through DLPack and writes the tensor returned
+    m = compiler.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 9, 9)
+    m(x)
+    y = torch.empty(1, 4, 7, 7)
+    m.kernel(x, m.weight.detach(), m.bias.detach(), y)
+    assert torch.equal(y, m(x))
+
+
+def test_non_contiguous_input():
+    m = compiler.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 9, 11).transpose(2, 3)
+    theirs = torch.nn.Conv2d(3, 4, 3)
+    theirs.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x), theirs(x))
+
+
+def test_outputs_do_not_track_gradients():
+    y = compiler.Conv2d(3, 4, 3)(torch.randn(1, 3, 5, 5, requires_grad=True))
+    assert not y.requires_grad

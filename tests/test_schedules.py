@@ -1,0 +1,61 @@
+"""Schedule rules: which rule serves which layer, that it parallelises and vectorises, and torch's numbers."""
+import pytest
+import torch
+
+import compiler
+from compiler import build
+from compiler.spec import ConvSpec
+from reference import assert_matches_torch
+from schedules import CPU_RULES, CpuDirect, CpuFallback
+from schedules.cpu_direct import choose_config
+from targets import host_target
+
+
+def _loop_kinds(mod):
+    script = mod.script()
+    return {kind for kind, marker in (("PARALLEL", "T.parallel("), ("VECTORIZED", "T.vectorized("))
+            if marker in script}
+
+
+@pytest.mark.parametrize("spec", [
+    ConvSpec.conv2d(16, 16, 3, padding=1),
+    ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"),
+    ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1),
+], ids=str)
+def test_every_rule_parallelises_and_vectorises(spec):
+    shape = (1, spec.in_channels, 20, 20)
+    for rule in CPU_RULES:
+        name, mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule])
+        assert name == rule.name
+        kinds = _loop_kinds(mod)
+        assert {"PARALLEL", "VECTORIZED"} <= kinds, (rule.name, kinds)
+
+
+def test_direct_rule_declines_other_targets():
+    from tvm.target import Target
+    func = build.prim_func(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32")
+    wl = build.workload_of(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32")
+    assert CpuDirect().apply(func, wl, Target({"kind": "cuda", "arch": "sm_80"})) is None
+
+
+def test_fallback_rule_matches_torch(monkeypatch):
+    monkeypatch.setattr(build, "CPU_RULES", (CpuFallback(),))
+    build.clear_cache()
+    m = compiler.Conv2d(6, 4, 3, stride=2, padding=2, padding_mode="reflect", groups=2)
+    assert_matches_torch(m, torch.randn(2, 6, 11, 9))
+    assert m.schedule == "cpu-fallback"
+    t = compiler.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
+    assert_matches_torch(t, torch.randn(2, 6, 5, 7))
+    build.clear_cache()
+
+
+@pytest.mark.parametrize("width,lanes,expected", [(56, 16, 14), (28, 16, 14), (14, 16, 14), (112, 16, 16),
+                                                  (7, 16, 7), (56, 8, 8), (13, 16, 13), (17, 16, 16)])
+def test_column_tile_divides_width_within_one_vector(width, lanes, expected):
+    assert choose_config(64, width, lanes, 32).ow_tile == expected
+
+
+def test_register_budget():
+    assert choose_config(64, 56, 16, 32).co_tile == 16     # AVX-512: 32 registers, half for accumulators
+    assert choose_config(64, 56, 8, 16).co_tile == 8       # AVX2: 16 registers
+    assert choose_config(3, 56, 16, 32).co_tile == 3
