@@ -94,56 +94,91 @@ def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str) -> List[te.Te
 
 def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
                      output_padding=None) -> List[te.Tensor]:
-    """Transposed convolution as a gather over the taps that really reach each output pixel.
+    """Transposed convolution, decomposed by output phase so that no multiply-add meets an inserted zero.
 
-    Output pixel ``f = oh + pad`` (position in the uncropped output) receives input row ``ih`` through
-    tap ``kh`` iff ``f = ih*s + kh*d``.  With ``g = gcd(s, d)``, ``s' = s/g``, ``d' = d/g`` that needs
-    ``f % g == 0`` and ``kh = kh0(f) + s'*j`` where ``kh0 = (f/g) * inverse(d' mod s') mod s'``.  Reducing
-    over ``j < ceil(k/s')`` instead of over every ``kh`` skips the zeros that the textbook
-    "dilate the input with stride-1 zeros" formulation multiplies, so no multiply-add is spent on them.
+    Output row ``oh`` sits at ``f = oh + pad`` in the uncropped output and receives input row ``ih``
+    through tap ``kh`` iff ``f = ih*s + kh*d``.  Write ``oh = q*s + r`` (phase ``r``, ``0 <= r < s``).
+    With ``g = gcd(s, d)``, ``s' = s/g``, ``d' = d/g``: a tap exists only if ``(r + pad) % g == 0``, and
+    then ``kh = kh0(r) + s'*j`` with ``kh0(r) = ((r + pad) % s / g) * inverse(d' mod s') mod s'`` and
+    ``ih = q + ((r + pad) - kh*d) / s`` (an exact division).  So ``conv`` is computed per phase,
+    ``conv[n, co, rh_phase, rw_phase, q_h, q_w]``, reducing over ``j < ceil(k/s')`` only, and within a
+    phase the taps are the same for every pixel: a dense sub-convolution.  ``output`` interleaves the
+    phases back into NCHW and adds the bias.
     """
     x, w, b = _placeholders(spec, input_shape, dtype)
     acc = ACCUMULATE_DTYPE[dtype]
     n, _, h, wd = input_shape
     _, _, oh_size, ow_size = spec.output_shape(input_shape, output_padding)
     cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    (sh, sw), (dh, dw), (kh_size, kw_size) = spec.stride, spec.dilation, spec.kernel_size
     pt, _, pl, _ = spec.pads
 
-    def taps(stride: int, dil: int, k: int):
+    def phase_taps(stride: int, dil: int, k: int):
         g = math.gcd(stride, dil)
         s_red = stride // g
         inv = pow(dil // g, -1, s_red) if s_red > 1 else 0
         return g, s_red, inv, -(-k // s_red)
 
-    gh, sh_red, inv_h, nh = taps(spec.stride[0], spec.dilation[0], spec.kernel_size[0])
-    gw, sw_red, inv_w, nw = taps(spec.stride[1], spec.dilation[1], spec.kernel_size[1])
+    gh, sh_red, inv_h, nh = phase_taps(sh, dh, kh_size)
+    gw, sw_red, inv_w, nw = phase_taps(sw, dw, kw_size)
+    qh_size, qw_size = -(-oh_size // sh), -(-ow_size // sw)
+
+    def kernel_tap(r_pad, j, g, s_red, inv):
+        """Kernel index of the j-th tap reaching phase offset ``r_pad = (r + pad) % s`` (int or expr)."""
+        if isinstance(r_pad, int):
+            return (r_pad // g * inv) % s_red + s_red * j
+        return tirx.floormod(tirx.floordiv(r_pad, g) * inv, s_red) + s_red * j
+
+    def row_offset(r, pad, stride, kernel_index, dil):
+        """Input row = q + row_offset: f = q*s + r + pad and f - kh*d is a multiple of s."""
+        r_pad = r + pad
+        return r_pad // stride + (r_pad % stride - kernel_index * dil) // stride if isinstance(r, int) else \
+            tirx.floordiv(r_pad, stride) + tirx.floordiv(tirx.floormod(r_pad, stride) - kernel_index * dil, stride)
+
+    def margins(stride, pad, dil, g, s_red, inv, taps, q_size, size):
+        """Zero rows needed before/after the input so that every tap of every phase reads in bounds
+        (taps that fall outside the kernel read zero weights, so they need in-bounds inputs too)."""
+        offsets = [row_offset(r, pad, stride, kernel_tap((r + pad) % stride, j, g, s_red, inv), dil)
+                   for r in range(stride) for j in range(taps)]
+        return max(0, -min(offsets)), max(0, q_size - 1 + max(offsets) - (size - 1))
+
+    mt, mb = margins(sh, pt, dh, gh, sh_red, inv_h, nh, qh_size, h)
+    ml, mr = margins(sw, pl, dw, gw, sw_red, inv_w, nw, qw_size, wd)
+    xp = x
+    if mt or mb or ml or mr:
+        xp = te.compute((n, spec.in_channels, h + mt + mb, wd + ml + mr), lambda b_, c, i, j: tirx.if_then_else(
+            tirx.all(i >= mt, i < h + mt, j >= ml, j < wd + ml), x[b_, c, i - mt, j - ml],
+            tirx.const(0, dtype)), name="pad")
+    # Taps past the kernel's edge (when s' does not divide k) read zero weights instead of being tested.
+    khp, kwp = sh_red * nh, sw_red * nw
+    wp = w
+    if (khp, kwp) != (kh_size, kw_size):
+        wp = te.compute((*spec.weight_shape[:2], khp, kwp), lambda i, o, r, c: tirx.if_then_else(
+            tirx.all(r < kh_size, c < kw_size), w[i, o, tirx.min(r, kh_size - 1), tirx.min(c, kw_size - 1)],
+            tirx.const(0, dtype)), name="weight_pad")
     rc = te.reduce_axis((0, cpg), name="rc")
     rh = te.reduce_axis((0, nh), name="rh")
     rw = te.reduce_axis((0, nw), name="rw")
 
-    def tap(f, j, g, s_red, inv):
-        return tirx.floormod(tirx.floordiv(f, g) * inv, s_red) + s_red * j if s_red > 1 else j
-
-    def body(nn_, co, oh, ow):
-        fh, fw = oh + pt, ow + pl
-        kh = tap(fh, rh, gh, sh_red, inv_h)
-        kw = tap(fw, rw, gw, sw_red, inv_w)
-        ih = tirx.floordiv(fh - kh * spec.dilation[0], spec.stride[0])
-        iw = tirx.floordiv(fw - kw * spec.dilation[1], spec.stride[1])
-        conds = [kh < spec.kernel_size[0], kw < spec.kernel_size[1], ih >= 0, ih < h, iw >= 0, iw < wd]
-        if gh > 1:
-            conds.append(tirx.floormod(fh, gh) == 0)
-        if gw > 1:
-            conds.append(tirx.floormod(fw, gw) == 0)
+    def body(nn_, co, ph, pw, qh, qw):
+        rph, rpw = tirx.floormod(ph + pt, sh), tirx.floormod(pw + pl, sw)
+        kh, kw = kernel_tap(rph, rh, gh, sh_red, inv_h), kernel_tap(rpw, rw, gw, sw_red, inv_w)
+        ih = qh + row_offset(ph, pt, sh, kh, dh) + mt
+        iw = qw + row_offset(pw, pl, sw, kw, dw) + ml
         ci = co // opg * cpg + rc
-        # Clamped indices keep every load in bounds even where a vectorised select evaluates both sides.
-        ihc, iwc = tirx.max(tirx.min(ih, h - 1), 0), tirx.max(tirx.min(iw, wd - 1), 0)
-        khc, kwc = tirx.min(kh, spec.kernel_size[0] - 1), tirx.min(kw, spec.kernel_size[1] - 1)
-        prod = x[nn_, ci, ihc, iwc].astype(acc) * w[ci, tirx.floormod(co, opg), khc, kwc].astype(acc)
-        return te.sum(tirx.if_then_else(tirx.all(*conds), prod, tirx.const(0, acc)), axis=[rc, rh, rw])
+        prod = xp[nn_, ci, ih, iw].astype(acc) * wp[ci, tirx.floormod(co, opg), kh, kw].astype(acc)
+        # A phase that no tap reaches (possible only when gcd(s, d) > 1) stays zero.
+        conds = ([tirx.floormod(rph, gh) == 0] if gh > 1 else []) + \
+                ([tirx.floormod(rpw, gw) == 0] if gw > 1 else [])
+        if conds:
+            prod = tirx.if_then_else(tirx.all(*conds), prod, tirx.const(0, acc))
+        return te.sum(prod, axis=[rc, rh, rw])
 
-    conv = te.compute((n, spec.out_channels, oh_size, ow_size), body, name="conv")
-    out = _epilogue(conv, b, dtype)
+    phases = (n, spec.out_channels, sh, sw, qh_size, qw_size)
+    conv = te.compute(phases, body, name="conv")
+    interleaved = te.compute((n, spec.out_channels, oh_size, ow_size), lambda b_, co, oh, ow: conv[
+        b_, co, oh % sh, ow % sw, oh // sh, ow // sw], name="interleave")
+    out = _epilogue(interleaved, b, dtype)
     return [t for t in (x, w, b, out) if t is not None]
 
 

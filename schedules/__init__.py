@@ -1,9 +1,10 @@
 """How kernels are scheduled: hand-written rules, tried in one ordered list (specialised first)."""
 from .base import ScheduleRule, Workload, apply_first
 from .cpu_direct import CpuDirect
+from .cpu_transposed import CpuTransposed
 from .fallback import CpuFallback
 
 #: The CPU rule chain, most specialised first; the fallback accepts everything.
-CPU_RULES = (CpuDirect(), CpuFallback())
+CPU_RULES = (CpuTransposed(), CpuDirect(), CpuFallback())
 
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CpuDirect", "CpuFallback"]
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CpuDirect", "CpuTransposed", "CpuFallback"]

@@ -42,7 +42,7 @@ class CpuDirect(ScheduleRule):
     name = "cpu-direct"
 
     def apply(self, func, workload, target):
-        if str(target.kind) != "llvm":
+        if str(target.kind) != "llvm" or workload.spec.transposed:
             return None
         info = cpu_info(target)
         acc_bits = 64 if workload.accumulate_dtype == "float64" else 32

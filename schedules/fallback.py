@@ -17,10 +17,13 @@ class CpuFallback(ScheduleRule):
         # Step 1. The padding stage is folded into the reduction's reads.
         if has_block(sch, "pad"):
             sch.compute_inline(sch.get_sblock("pad"))
-        # Step 2. Parallel over batch x output channels; the epilogue stays beside each row.
+        if has_block(sch, "interleave"):
+            sch.compute_inline(sch.get_sblock("interleave"))
+        # Step 2. Parallel over batch x output channels, for the reduction and for the epilogue.
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
-        n, co, oh, ow, *_ = sch.get_loops(conv)
-        sch.parallel(sch.fuse(n, co))
-        sch.reverse_compute_at(out, oh)
-        vectorize_if_wide(sch, sch.get_loops(out)[-1])
+        loops = sch.get_loops(conv)
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+        on, oc, _, ow = sch.get_loops(out)
+        sch.parallel(sch.fuse(on, oc))
+        vectorize_if_wide(sch, ow)
         return sch

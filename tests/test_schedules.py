@@ -17,18 +17,31 @@ def _loop_kinds(mod):
             if marker in script}
 
 
-@pytest.mark.parametrize("spec", [
-    ConvSpec.conv2d(16, 16, 3, padding=1),
-    ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"),
-    ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1),
+@pytest.mark.parametrize("spec,expected", [
+    (ConvSpec.conv2d(16, 16, 3, padding=1), "cpu-direct"),
+    (ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"), "cpu-direct"),
+    (ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1), "cpu-transposed-phase"),
+    (ConvSpec.conv_transpose2d(8, 4, 3, stride=2, dilation=2, groups=2), "cpu-transposed-phase"),
 ], ids=str)
-def test_every_rule_parallelises_and_vectorises(spec):
+def test_rules_parallelise_and_vectorise(spec, expected):
     shape = (1, spec.in_channels, 20, 20)
+    name, _ = build.schedule(spec, shape, "float32", host_target())
+    assert name == expected
     for rule in CPU_RULES:
-        name, mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule])
-        assert name == rule.name
+        func = build.prim_func(spec, shape, "float32")
+        if rule.apply(func, build.workload_of(spec, shape, "float32"), host_target()) is None:
+            assert rule.name != expected
+            continue
+        _, mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule])
         kinds = _loop_kinds(mod)
         assert {"PARALLEL", "VECTORIZED"} <= kinds, (rule.name, kinds)
+
+
+def test_transposed_spends_no_multiply_adds_on_zeros():
+    # the reduction of each phase covers ceil(k/s) taps per axis, not k
+    spec = ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1)
+    script = build.prim_func(spec, (1, 8, 6, 6), "float32").script()
+    assert "T.grid(1, 4, 2, 2, 6, 6, 8, 2, 2)" in script
 
 
 def test_direct_rule_declines_other_targets():
