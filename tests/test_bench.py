@@ -1,0 +1,43 @@
+"""The benchmark runs end to end (its numbers are read by people, not asserted) and parses layers safely."""
+import json
+
+import pytest
+import torch
+
+import compiler
+from compiler import bench
+from compiler.__main__ import main
+from compiler.layers import parse_layer
+
+
+def test_parse_layer_builds_both_namespaces():
+    ours = parse_layer("Conv2d(4, 8, 3, stride=2, padding=1)")
+    theirs = parse_layer("Conv2d(4, 8, 3, stride=2, padding=1)", torch.nn)
+    assert isinstance(ours, compiler.Conv2d) and isinstance(theirs, torch.nn.Conv2d)
+    assert repr(ours) == repr(theirs)
+    assert isinstance(parse_layer("ConvTranspose2d(4, 8, (2, 3), output_padding=1, stride=2)"),
+                      compiler.ConvTranspose2d)
+
+
+@pytest.mark.parametrize("text", ["Linear(3, 4)", "Conv2d(4, 4, __import__('os'))", "print(1)"])
+def test_parse_layer_refuses_anything_else(text):
+    with pytest.raises(ValueError):
+        parse_layer(text)
+
+
+def test_bench_cli_writes_csv_and_json(tmp_path, capsys):
+    csv_path, json_path = tmp_path / "b.csv", tmp_path / "b.json"
+    main(["bench", "--layer", "Conv2d(8, 8, 3, padding=1)", "--input-shape", "1,8,16,16",
+          "--csv", str(csv_path), "--json", str(json_path)])
+    out = capsys.readouterr().out
+    assert "Conv2d(8, 8, 3, padding=1)" in out and "geometric-mean speedup" in out
+    data = json.loads(json_path.read_text())
+    row = data["rows"][0]
+    assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["schedule"] == "cpu-direct"
+    assert csv_path.read_text().startswith("layer,")
+
+
+def test_default_suite_layers_parse_and_match_their_inputs():
+    for text, shape in bench.DEFAULT_SUITE:
+        layer = parse_layer(text)
+        layer._spec().output_shape(shape)
