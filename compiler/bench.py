@@ -80,6 +80,9 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
         ours(x)                                          # compiles (timed inside build)
         compile_s = ours.kernel.compile_seconds
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-3, atol=1e-3)
+        for _ in range(3):                               # warm both (oneDNN JITs on first calls)
+            _round_time(lambda: ours(x), round_seconds)
+            _round_time(lambda: theirs(x), round_seconds)
         ours_t, torch_t = [], []
         for _ in range(rounds):                           # interleaved rounds
             ours_t.append(_round_time(lambda: ours(x), round_seconds))

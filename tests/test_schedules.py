@@ -19,12 +19,14 @@ def _loop_kinds(mod):
 
 @pytest.mark.parametrize("spec,expected", [
     (ConvSpec.conv2d(16, 16, 3, padding=1), "cpu-direct"),
+    (ConvSpec.conv2d(16, 16, 3, padding=2), "cpu-channel-vector"),
+    (ConvSpec.conv2d(8, 32, 3, stride=2, padding=2, dilation=2, padding_mode="reflect"), "cpu-channel-vector"),
     (ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"), "cpu-direct"),
     (ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1), "cpu-transposed-phase"),
     (ConvSpec.conv_transpose2d(8, 4, 3, stride=2, dilation=2, groups=2), "cpu-transposed-phase"),
 ], ids=str)
 def test_rules_parallelise_and_vectorise(spec, expected):
-    shape = (1, spec.in_channels, 20, 20)
+    shape = (1, spec.in_channels, 19, 19)
     name, _ = build.schedule(spec, shape, "float32", host_target())
     assert name == expected
     for rule in CPU_RULES:
@@ -72,3 +74,13 @@ def test_register_budget():
     assert choose_config(64, 56, 16, 32).co_tile == 16     # AVX-512: 32 registers, half for accumulators
     assert choose_config(64, 56, 8, 16).co_tile == 8       # AVX2: 16 registers
     assert choose_config(3, 56, 16, 32).co_tile == 3
+
+
+@pytest.mark.parametrize("layer", [
+    compiler.Conv2d(16, 32, 3, padding=1),
+    compiler.Conv2d(8, 32, 3, stride=2, padding=3, dilation=2, padding_mode="circular", bias=False),
+    compiler.Conv2d(32, 32, 1, groups=2),
+], ids=repr)
+def test_channel_vector_rule_matches_torch(layer):
+    assert_matches_torch(layer, torch.randn(2, layer.in_channels, 14, 21))
+    assert layer.schedule == "cpu-channel-vector"
