@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
 
 import tvm
 from tvm import te
@@ -33,7 +33,6 @@ class Kernel:
     output_shape: Tuple[int, int, int, int]
     dtype: str
     compile_seconds: float
-    stats: Dict[str, float] = field(default_factory=dict)
 
     def __call__(self, *args):
         self.function(*args)

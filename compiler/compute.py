@@ -37,16 +37,22 @@ def _pad_index(i, before: int, size: int, mode: str):
     return j
 
 
+def _zero_pad(x: te.Tensor, top: int, bottom: int, left: int, right: int) -> te.Tensor:
+    """``x`` with zero rows/columns around its spatial axes (stage ``pad``)."""
+    n, c, h, w = (int(d) for d in x.shape)
+    return te.compute((n, c, h + top + bottom, w + left + right), lambda b, ch, i, j: tirx.if_then_else(
+        tirx.all(i >= top, i < h + top, j >= left, j < w + left), x[b, ch, i - top, j - left],
+        tirx.const(0, x.dtype)), name="pad")
+
+
 def _pad(x: te.Tensor, spec: ConvSpec) -> te.Tensor:
     n, c, h, w = (int(d) for d in x.shape)
     pt, pb, pl, pr = spec.pads
     if not any(spec.pads):
         return x                      # nothing to pad: the reduction reads the input directly
-    shape = (n, c, h + pt + pb, w + pl + pr)
     if spec.padding_mode == "zeros":
-        return te.compute(shape, lambda b, ch, i, j: tirx.if_then_else(
-            tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl),
-            x[b, ch, i - pt, j - pl], tirx.const(0, x.dtype)), name="pad")
+        return _zero_pad(x, pt, pb, pl, pr)
+    shape = (n, c, h + pt + pb, w + pl + pr)
     return te.compute(shape, lambda b, ch, i, j: x[
         b, ch, _pad_index(i, pt, h, spec.padding_mode), _pad_index(j, pl, w, spec.padding_mode)],
         name="pad")
@@ -146,9 +152,7 @@ def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
     ml, mr = margins(sw, pl, dw, gw, sw_red, inv_w, nw, qw_size, wd)
     xp = x
     if mt or mb or ml or mr:
-        xp = te.compute((n, spec.in_channels, h + mt + mb, wd + ml + mr), lambda b_, c, i, j: tirx.if_then_else(
-            tirx.all(i >= mt, i < h + mt, j >= ml, j < wd + ml), x[b_, c, i - mt, j - ml],
-            tirx.const(0, dtype)), name="pad")
+        xp = _zero_pad(x, mt, mb, ml, mr)
     # Taps past the kernel's edge (when s' does not divide k) read zero weights instead of being tested.
     khp, kwp = sh_red * nh, sw_red * nw
     wp = w

@@ -8,7 +8,6 @@ as observed on torch 2.13 (behaviour wins over the documentation).
 from __future__ import annotations
 
 import collections.abc
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -132,10 +131,6 @@ class ConvSpec:
             return tuple(out)
         ph, pw = self.padding
         return (ph, ph, pw, pw)
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups == self.in_channels and self.groups > 1
 
     def forward_key(self) -> tuple:
         """What determines the generated kernel (everything but the weights' values)."""

@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Tuple
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from targets.cpu import vector_lanes
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -17,6 +19,11 @@ class Workload:
     output_shape: Tuple[int, int, int, int]
     dtype: str
     accumulate_dtype: str
+
+
+def accumulator_lanes(workload: Workload, target: Target) -> int:
+    """SIMD lanes of the accumulation type (float32 for the half types) on ``target``."""
+    return vector_lanes(target, 64 if workload.accumulate_dtype == "float64" else 32)
 
 
 class ScheduleRule:

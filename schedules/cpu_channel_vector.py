@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from targets.cpu import cpu_info
-
-from .base import ScheduleRule, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
 
 
 def column_tile(out_width: int):
@@ -36,7 +34,7 @@ class CpuChannelVector(ScheduleRule):
         spec = workload.spec
         if str(target.kind) != "llvm" or spec.transposed:
             return None
-        lanes = max(1, cpu_info(target).vector_bits // (64 if workload.accumulate_dtype == "float64" else 32))
+        lanes = accumulator_lanes(workload, target)
         if (spec.out_channels // spec.groups) % lanes != 0:
             return None
         ow_tile = column_tile(workload.output_shape[3])

@@ -13,7 +13,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ class CpuDirect(ScheduleRule):
         if str(target.kind) != "llvm" or workload.spec.transposed:
             return None
         info = cpu_info(target)
-        acc_bits = 64 if workload.accumulate_dtype == "float64" else 32
-        lanes = max(1, info.vector_bits // acc_bits)
+        lanes = accumulator_lanes(workload, target)
         _, out_channels, _, out_width = workload.output_shape
         cfg = choose_config(out_channels, out_width, lanes, info.vector_registers)
 

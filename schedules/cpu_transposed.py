@@ -11,7 +11,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
 from .cpu_direct import choose_config
 
 
@@ -22,7 +22,7 @@ class CpuTransposed(ScheduleRule):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
             return None
         info = cpu_info(target)
-        lanes = max(1, info.vector_bits // (64 if workload.accumulate_dtype == "float64" else 32))
+        lanes = accumulator_lanes(workload, target)
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
         # Step 0. The zero margins of the input are materialised once, in parallel.
