@@ -7,18 +7,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tvm
 from tvm import te
 from tvm.target import Target
 
 from schedules import CPU_RULES, Workload, apply_first
+from schedules.base import schedule_weight_pack
 
 from . import compute
 from .spec import ConvSpec
 
 ENTRY = "conv"
+PACK_ENTRY = "pack_weight"
 
 
 @dataclass
@@ -33,9 +35,18 @@ class Kernel:
     output_shape: Tuple[int, int, int, int]
     dtype: str
     compile_seconds: float
+    weight_block: Optional[int] = None     # set: ``function`` takes the weight as ``pack`` wrote it
+    pack: Optional[object] = None          # tvm_ffi Function (weight, packed_weight)
+    packed_weight_shape: Optional[Tuple[int, ...]] = None
 
     def __call__(self, *args):
         self.function(*args)
+
+
+class Scheduled(NamedTuple):
+    rule: str                      # the rule's name
+    mod: tvm.IRModule
+    weight_block: Optional[int]    # the weight argument is pre-packed with this block (or None)
 
 
 def workload_of(spec: ConvSpec, input_shape, dtype: str, output_padding=None) -> Workload:
@@ -44,29 +55,49 @@ def workload_of(spec: ConvSpec, input_shape, dtype: str, output_padding=None) ->
                     dtype=dtype, accumulate_dtype=compute.ACCUMULATE_DTYPE[dtype])
 
 
-def prim_func(spec: ConvSpec, input_shape, dtype: str, output_padding=None):
-    """The unscheduled PrimFunc of a layer (what MetaSchedule and the rules start from)."""
-    tensors = compute.define(spec, input_shape, dtype, output_padding)
+def prim_func(spec: ConvSpec, input_shape, dtype: str, output_padding=None, weight_block=None):
+    """The unscheduled PrimFunc of a layer (what MetaSchedule and the rules start from).
+
+    With ``weight_block`` its weight argument is pre-packed (``compute.packed_weight_shape``).
+    """
+    tensors = compute.define(spec, input_shape, dtype, output_padding, weight_block)
     return te.create_prim_func(tensors).with_attr("global_symbol", ENTRY)
 
 
-def schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_padding=None, rules=None):
-    """(rule name, scheduled IRModule) for the layer, from the hand-written rule chain."""
-    func = prim_func(spec, input_shape, dtype, output_padding)
-    rule, sch = apply_first(rules or CPU_RULES, func, workload_of(spec, input_shape, dtype, output_padding),
-                            target)
-    return rule.name, sch.mod
+def schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_padding=None, rules=None,
+             prepacked: bool = False) -> Scheduled:
+    """The layer scheduled by the first hand-written rule that takes it.
+
+    ``prepacked``: the rule may ask for its weights pre-packed (then the module packs them once).
+    """
+    def make_func(block):
+        return prim_func(spec, input_shape, dtype, output_padding, block)
+
+    rule, sch, block = apply_first(rules or CPU_RULES, make_func,
+                                   workload_of(spec, input_shape, dtype, output_padding), target, prepacked)
+    return Scheduled(rule.name, sch.mod, block)
+
+
+def _with_weight_pack(mod: tvm.IRModule, spec: ConvSpec, dtype: str, block: int) -> tvm.IRModule:
+    """``mod`` plus the kernel that packs torch-layout weights for it."""
+    pack = te.create_prim_func(compute.pack_weight(spec, dtype, block)).with_attr("global_symbol", PACK_ENTRY)
+    return tvm.IRModule({ENTRY: mod["main"], PACK_ENTRY: schedule_weight_pack(pack).mod["main"]})
 
 
 def compile_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-                   output_padding=None) -> Kernel:
+                   output_padding=None, prepacked: bool = False) -> Kernel:
+    """Schedule and compile; ``prepacked`` lets the schedule take weights packed by ``Kernel.pack``."""
     start = time.perf_counter()
-    name, mod = schedule(spec, input_shape, dtype, target, output_padding)
+    name, mod, block = schedule(spec, input_shape, dtype, target, output_padding, prepacked=prepacked)
+    if block:
+        mod = _with_weight_pack(mod, spec, dtype, block)
     executable = tvm.compile(mod, target=target)
     return Kernel(function=executable[ENTRY], executable=executable, schedule=name, target=target,
                   input_shape=tuple(input_shape),
                   output_shape=tuple(spec.output_shape(input_shape, output_padding)), dtype=dtype,
-                  compile_seconds=time.perf_counter() - start)
+                  compile_seconds=time.perf_counter() - start, weight_block=block,
+                  pack=executable[PACK_ENTRY] if block else None,
+                  packed_weight_shape=compute.packed_weight_shape(spec, block) if block else None)
 
 
 _CACHE: Dict[tuple, Kernel] = {}
@@ -74,14 +105,14 @@ _LOCK = threading.Lock()
 
 
 def get_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-               output_padding=None) -> Kernel:
+               output_padding=None, prepacked: bool = False) -> Kernel:
     """The cached kernel for (layer, shape, dtype, target), compiled on first use."""
     op = tuple(output_padding) if spec.transposed else None
-    key = (spec.forward_key(), op, tuple(input_shape), dtype, str(target))
+    key = (spec.forward_key(), op, tuple(input_shape), dtype, str(target), prepacked)
     with _LOCK:
         kernel = _CACHE.get(key)
         if kernel is None:
-            kernel = compile_kernel(spec, input_shape, dtype, target, output_padding)
+            kernel = compile_kernel(spec, input_shape, dtype, target, output_padding, prepacked)
             _CACHE[key] = kernel
     return kernel
 

@@ -66,20 +66,53 @@ def _epilogue(conv: te.Tensor, bias, dtype: str) -> te.Tensor:
         conv[n, k, i, j] + bias[k].astype(conv.dtype)).astype(dtype), name="output")
 
 
-def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str):
-    x = te.placeholder(tuple(input_shape), dtype, name="input")
+def packed_weight_shape(spec: ConvSpec, block: int):
+    """``[co/block, ci/groups, kh, kw, block]``: a block of output channels' weights is contiguous."""
+    co, cpg, kh, kw = spec.weight_shape
+    return (co // block, cpg, kh, kw, block)
+
+
+def pack_weight(spec: ConvSpec, dtype: str, block: int) -> List[te.Tensor]:
+    """``[weight, packed]``: torch's ``[co, ci/groups, kh, kw]`` into :func:`packed_weight_shape`.
+
+    Run once per weight change by the modules (schedules ask for it through ``weight_block``).
+    """
     w = te.placeholder(spec.weight_shape, dtype, name="weight")
+    packed = te.compute(packed_weight_shape(spec, block),
+                        lambda a, ci, r, c, v: w[a * block + v, ci, r, c], name="packed_weight")
+    return [w, packed]
+
+
+def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None):
+    x = te.placeholder(tuple(input_shape), dtype, name="input")
+    if weight_block:
+        packed = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
+        w = _TorchLayout(packed, weight_block)
+    else:
+        w = te.placeholder(spec.weight_shape, dtype, name="weight")
     b = te.placeholder((spec.out_channels,), dtype, name="bias") if spec.bias else None
     return x, w, b
 
 
-def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str) -> List[te.Tensor]:
+class _TorchLayout:
+    """A packed weight placeholder indexed as torch's ``[co, ci, kh, kw]`` (the compute stays one)."""
+
+    def __init__(self, packed: te.Tensor, block: int):
+        self.tensor, self.block = packed, block
+
+    def __getitem__(self, index):
+        co, ci, r, c = index
+        return self.tensor[co // self.block, ci, r, c, co % self.block]
+
+
+def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None) -> List[te.Tensor]:
     """Direct convolution, every variant of ``torch.nn.Conv2d``.
 
     ``output[n, co, oh, ow] = bias[co] + sum_{rc, rh, rw} pad[n, g*cpg + rc, oh*sh + rh*dh, ow*sw + rw*dw]
     * weight[co, rc, rh, rw]`` with ``g = co // (out_channels / groups)``, ``cpg = in_channels / groups``.
+    With ``weight_block`` the weight argument is pre-packed (:func:`pack_weight`).
     """
-    x, w, b = _placeholders(spec, input_shape, dtype)
+    x, w, b = _placeholders(spec, input_shape, dtype, weight_block)
     acc = ACCUMULATE_DTYPE[dtype]
     _, _, oh_size, ow_size = spec.output_shape(input_shape)
     (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel_size
@@ -95,7 +128,7 @@ def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str) -> List[te.Te
             * w[co, rc, rh, rw].astype(acc), axis=[rc, rh, rw]),
         name="conv")
     out = _epilogue(conv, b, dtype)
-    return [t for t in (x, w, b, out) if t is not None]
+    return [t for t in (x, getattr(w, "tensor", w), b, out) if t is not None]
 
 
 def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
@@ -186,8 +219,12 @@ def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
     return [t for t in (x, w, b, out) if t is not None]
 
 
-def define(spec: ConvSpec, input_shape: Sequence[int], dtype: str, output_padding=None) -> List[te.Tensor]:
-    """The TE tensors of ``spec`` applied to a batched NCHW ``input_shape``."""
+def define(spec: ConvSpec, input_shape: Sequence[int], dtype: str, output_padding=None,
+           weight_block=None) -> List[te.Tensor]:
+    """The TE tensors of ``spec`` applied to a batched NCHW ``input_shape`` (``weight_block``: the
+    weight argument is pre-packed by :func:`pack_weight`; conv2d only)."""
     if spec.transposed:
+        if weight_block:
+            raise ValueError("pre-packed weights are defined for conv2d only")
         return conv_transpose2d(spec, input_shape, dtype, output_padding)
-    return conv2d(spec, input_shape, dtype)
+    return conv2d(spec, input_shape, dtype, weight_block)

@@ -6,6 +6,11 @@ Inputs and outputs cross into TVM through DLPack (no copies): the kernel writes 
 returned tensor.  Kernels are compiled on first use per (layer, input shape, dtype, target) and
 cached for the process; ``module.kernel`` is the last one used (``.schedule``, ``.target``).
 The modules are for inference: their outputs carry no autograd history.
+
+Where the schedule wants the weights in a blocked layout, they are packed once and kept with the
+module; torch's version counter (bumped by every in-place update, ``load_state_dict`` included) and
+the tensor's identity and address say when to repack.  Writes through ``weight.data`` bypass that
+counter, as they bypass autograd: call ``module.drop_packed_weights()`` after them.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ class _ConvBase(nn.Module):
             self.register_parameter("bias", None)
         self.target = None      # None: the host CPU (targets.host_target())
         self.kernel: Optional[Kernel] = None
+        self._packed_weight = None   # (key, tensor): the weight in the last kernel's blocked layout
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,6 +99,23 @@ class _ConvBase(nn.Module):
         """The schedule that served the last call (None before the first call)."""
         return self.kernel.schedule if self.kernel is not None else None
 
+    def drop_packed_weights(self) -> None:
+        """Forget the packed copy of the weights (the next call repacks them)."""
+        self._packed_weight = None
+
+    def _kernel_weight(self, kernel: Kernel) -> torch.Tensor:
+        """The weight as ``kernel`` takes it: torch's layout, or packed once per weight change."""
+        weight = self.weight.detach()
+        if kernel.pack is None:
+            return weight.contiguous()
+        key = (id(self.weight), self.weight._version, weight.data_ptr(), weight.dtype,
+               kernel.packed_weight_shape)
+        if self._packed_weight is None or self._packed_weight[0] != key:
+            packed = weight.new_empty(kernel.packed_weight_shape)
+            kernel.pack(weight.contiguous(), packed)
+            self._packed_weight = (key, packed)
+        return self._packed_weight[1]
+
     # ------------------------------------------------------------------ forward
     def _spec(self) -> ConvSpec:
         """The layer as its attributes say now (torch reads them at every call too)."""
@@ -122,9 +145,9 @@ class _ConvBase(nn.Module):
             y = x.new_empty(out_shape)       # nothing to compute: no kernel for empty batches
         else:
             kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
-                                self.target or host_target(), output_padding)
+                                self.target or host_target(), output_padding, prepacked=True)
             y = x.new_empty(out_shape)
-            args = [x.detach().contiguous(), self.weight.detach().contiguous()]
+            args = [x.detach().contiguous(), self._kernel_weight(kernel)]
             if self.bias is not None:
                 args.append(self.bias.detach().contiguous())
             kernel(*args, y)

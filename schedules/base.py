@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 from tvm import s_tir, tirx
 from tvm.target import Target
@@ -31,18 +31,38 @@ class ScheduleRule:
 
     name = "rule"
 
+    def weight_block(self, workload: Workload, target: Target) -> Optional[int]:
+        """Output channels per block if this rule wants the weight pre-packed into
+        ``[co/block, ci, kh, kw, block]`` (once, outside the kernel), else None."""
+        return None
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> Optional[s_tir.Schedule]:
         raise NotImplementedError
 
 
-def apply_first(rules: Sequence[ScheduleRule], func: tirx.PrimFunc, workload: Workload,
-                target: Target) -> Tuple[ScheduleRule, s_tir.Schedule]:
-    """Apply the first rule in ``rules`` that accepts the workload."""
+def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int]], tirx.PrimFunc],
+                workload: Workload, target: Target, prepacked: bool = False
+                ) -> Tuple[ScheduleRule, s_tir.Schedule, Optional[int]]:
+    """Apply the first rule in ``rules`` that accepts the workload: (rule, schedule, weight block).
+
+    ``make_func(weight_block)`` gives the PrimFunc with torch-layout weights (None) or pre-packed
+    ones; rules are offered pre-packed weights only when ``prepacked``.
+    """
     for rule in rules:
-        sch = rule.apply(func, workload, target)
+        block = rule.weight_block(workload, target) if prepacked else None
+        sch = rule.apply(make_func(block), workload, target)
         if sch is not None:
-            return rule, sch
+            return rule, sch, block
     raise ValueError(f"no schedule rule accepts {workload}")
+
+
+def schedule_weight_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """The packing kernel: parallel over channel blocks, the block's channels vectorised."""
+    sch = s_tir.Schedule(func)
+    loops = sch.get_loops(sch.get_sblock("packed_weight"))
+    sch.parallel(loops[0])
+    vectorize_if_wide(sch, loops[-1])
+    return sch
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

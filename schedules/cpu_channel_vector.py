@@ -1,6 +1,7 @@
 """Dense NCHW convolution for LLVM CPUs with output channels on the SIMD axis.
 
-Weights are repacked (inside the kernel, in parallel) to ``[co/V, ci, kh, kw, V]`` so that a vector
+Weights are packed (once per weight change by the modules, or inside the kernel when it is
+given torch's layout, e.g. in exported libraries) to ``[co/V, ci, kh, kw, V]`` so that a vector
 of ``V`` output channels' weights is one contiguous load; each input pixel is a scalar broadcast,
 so strided and dilated layers read the input as cheaply as stride-1 ones.  The register tile is
 ``V`` channels x a few output columns; the bias/cast epilogue writes the tile back to NCHW.
@@ -30,26 +31,38 @@ def column_tile(out_width: int):
 class CpuChannelVector(ScheduleRule):
     name = "cpu-channel-vector"
 
-    def apply(self, func, workload, target):
+    def _lanes(self, workload, target):
+        """The channel-vector width if the rule applies, else None."""
         spec = workload.spec
         if str(target.kind) != "llvm" or spec.transposed:
             return None
         lanes = accumulator_lanes(workload, target)
-        if (spec.out_channels // spec.groups) % lanes != 0:
+        if (spec.out_channels // spec.groups) % lanes != 0 or column_tile(workload.output_shape[3]) is None:
+            return None
+        return lanes
+
+    def weight_block(self, workload, target):
+        return self._lanes(workload, target)
+
+    def apply(self, func, workload, target):
+        lanes = self._lanes(workload, target)
+        if lanes is None:
             return None
         ow_tile = column_tile(workload.output_shape[3])
-        if ow_tile is None:
-            return None
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
-        # Step 1. Padded input materialised once, in parallel; weights packed channel-vector-last.
+        # Step 1. Padded input materialised once, in parallel; weights packed channel-vector-last
+        # here unless the caller passes them pre-packed (the modules do, once per weight change).
         if has_block(sch, "pad"):
             pn, pc, _, pw = sch.get_loops(sch.get_sblock("pad"))
             sch.parallel(sch.fuse(pn, pc))
             vectorize_if_wide(sch, pw)
-        packed = sch.cache_read(conv, 1, "global")
-        sch.transform_layout(packed, ("write", 0), lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
-        sch.parallel(sch.get_loops(packed)[0])
+        weight = next(r.source for r in sch.get(conv).reads if r.source.name == "weight")
+        if len(weight.shape) == 4:
+            packed = sch.cache_read(conv, 1, "global")
+            sch.transform_layout(packed, ("write", 0),
+                                 lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
+            sch.parallel(sch.get_loops(packed)[0])
         # Step 2. Register tile: a vector of channels x ow_tile columns, the reduction around it.
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
         co_o, co_i = sch.split(co, factors=[None, lanes])

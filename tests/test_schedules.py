@@ -27,14 +27,14 @@ def _loop_kinds(mod):
 ], ids=str)
 def test_rules_parallelise_and_vectorise(spec, expected):
     shape = (1, spec.in_channels, 19, 19)
-    name, _ = build.schedule(spec, shape, "float32", host_target())
+    name = build.schedule(spec, shape, "float32", host_target(), prepacked=True).rule
     assert name == expected
     for rule in CPU_RULES:
         func = build.prim_func(spec, shape, "float32")
         if rule.apply(func, build.workload_of(spec, shape, "float32"), host_target()) is None:
             assert rule.name != expected
             continue
-        _, mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule])
+        mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule]).mod
         kinds = _loop_kinds(mod)
         assert {"PARALLEL", "VECTORIZED"} <= kinds, (rule.name, kinds)
 
