@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tvm
-from tvm import te
+import tvm_ffi
+from tvm import s_tir, te
 from tvm.target import Target
 
 from schedules import CPU_RULES, Workload, apply_first
 from schedules.base import schedule_weight_pack
 
-from . import compute
+from . import compute, records
 from .spec import ConvSpec
 
 ENTRY = "conv"
@@ -47,6 +48,7 @@ class Scheduled(NamedTuple):
     rule: str                      # the rule's name
     mod: tvm.IRModule
     weight_block: Optional[int]    # the weight argument is pre-packed with this block (or None)
+    trace: object                  # the schedule's s_tir Trace (what a tuning record stores)
 
 
 def workload_of(spec: ConvSpec, input_shape, dtype: str, output_padding=None) -> Workload:
@@ -75,7 +77,33 @@ def schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_pad
 
     rule, sch, block = apply_first(rules or CPU_RULES, make_func,
                                    workload_of(spec, input_shape, dtype, output_padding), target, prepacked)
-    return Scheduled(rule.name, sch.mod, block)
+    return Scheduled(rule.name, sch.mod, block, sch.trace)
+
+
+def workload_module(spec: ConvSpec, input_shape, dtype: str, output_padding=None) -> tvm.IRModule:
+    """The IRModule MetaSchedule tunes and looks records up by (torch-layout weights)."""
+    return tvm.IRModule({"main": prim_func(spec, input_shape, dtype, output_padding)})
+
+
+def workload_hash(mod: tvm.IRModule) -> str:
+    """MetaSchedule's workload key: the structural hash, as database_workload.json writes it."""
+    return str(tvm_ffi.structural_hash(mod))
+
+
+def tuned_schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_padding,
+                   database_dir) -> Optional[Scheduled]:
+    """The database's best record for exactly this workload, replayed; None when there is none or
+    when the best is the hand-written schedule itself (the hand path packs weights once instead)."""
+    mod = workload_module(spec, input_shape, dtype, output_padding)
+    record = records.best_record(records.load(database_dir, target), mod)
+    if record is None:
+        return None
+    hand = schedule(spec, input_shape, dtype, target, output_padding)
+    if records.trace_key(record.trace) == records.trace_key(hand.trace):
+        return None
+    sch = s_tir.Schedule(mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return Scheduled(f"tuned:{workload_hash(mod)}", sch.mod, None, record.trace)
 
 
 def _with_weight_pack(mod: tvm.IRModule, spec: ConvSpec, dtype: str, block: int) -> tvm.IRModule:
@@ -85,10 +113,18 @@ def _with_weight_pack(mod: tvm.IRModule, spec: ConvSpec, dtype: str, block: int)
 
 
 def compile_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-                   output_padding=None, prepacked: bool = False) -> Kernel:
-    """Schedule and compile; ``prepacked`` lets the schedule take weights packed by ``Kernel.pack``."""
+                   output_padding=None, prepacked: bool = False, database=None) -> Kernel:
+    """Schedule and compile: the tuning database's record for the exact workload if it has one
+    (``database``: a folder, None for the default one, False for none), else the hand-written rule
+    chain; ``prepacked`` lets a hand schedule take weights packed by ``Kernel.pack``."""
     start = time.perf_counter()
-    name, mod, block = schedule(spec, input_shape, dtype, target, output_padding, prepacked=prepacked)
+    chosen = None
+    if database is not False:
+        chosen = tuned_schedule(spec, input_shape, dtype, target, output_padding,
+                                records.database_dir(target, database))
+    if chosen is None:
+        chosen = schedule(spec, input_shape, dtype, target, output_padding, prepacked=prepacked)
+    name, mod, block, _ = chosen
     if block:
         mod = _with_weight_pack(mod, spec, dtype, block)
     executable = tvm.compile(mod, target=target)
@@ -105,14 +141,15 @@ _LOCK = threading.Lock()
 
 
 def get_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-               output_padding=None, prepacked: bool = False) -> Kernel:
-    """The cached kernel for (layer, shape, dtype, target), compiled on first use."""
+               output_padding=None, prepacked: bool = False, database=None) -> Kernel:
+    """The cached kernel for (layer, shape, dtype, target, database), compiled on first use."""
     op = tuple(output_padding) if spec.transposed else None
-    key = (spec.forward_key(), op, tuple(input_shape), dtype, str(target), prepacked)
+    db = False if database is False else str(records.database_dir(target, database))
+    key = (spec.forward_key(), op, tuple(input_shape), dtype, str(target), prepacked, db)
     with _LOCK:
         kernel = _CACHE.get(key)
         if kernel is None:
-            kernel = compile_kernel(spec, input_shape, dtype, target, output_padding, prepacked)
+            kernel = compile_kernel(spec, input_shape, dtype, target, output_padding, prepacked, database)
             _CACHE[key] = kernel
     return kernel
 

@@ -65,6 +65,9 @@ class _ConvBase(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.target = None      # None: the host CPU (targets.host_target())
+        #: tuning records to look up: a folder, None ($TVM_CONV_DATABASE or the shipped
+        #: tuning_logs/<target key>), or False (hand-written schedules only)
+        self.tuning_database = None
         self.kernel: Optional[Kernel] = None
         self._packed_weight = None   # (key, tensor): the weight in the last kernel's blocked layout
         self.reset_parameters()
@@ -145,7 +148,8 @@ class _ConvBase(nn.Module):
             y = x.new_empty(out_shape)       # nothing to compute: no kernel for empty batches
         else:
             kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
-                                self.target or host_target(), output_padding, prepacked=True)
+                                self.target or host_target(), output_padding, prepacked=True,
+                                database=self.tuning_database)
             y = x.new_empty(out_shape)
             args = [x.detach().contiguous(), self._kernel_weight(kernel)]
             if self.bias is not None:

@@ -246,6 +246,29 @@ class ConvSpec:
                                  f"{min_sizes} to {max_sizes} (for an input of {spatial})")
         return tuple(size - lo for size, lo in zip(output_size, min_sizes))
 
+    @property
+    def class_name(self) -> str:
+        return "ConvTranspose2d" if self.transposed else "Conv2d"
+
+    def constructor_args(self) -> dict:
+        """Every constructor argument of the torch class, by name, in its signature's order."""
+        args = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding)}
+        if self.transposed:
+            args.update(output_padding=list(self.output_padding), groups=self.groups, bias=self.bias,
+                        dilation=list(self.dilation))
+        else:
+            args.update(dilation=list(self.dilation), groups=self.groups, bias=self.bias)
+        args["padding_mode"] = self.padding_mode
+        return args
+
+    def describe(self) -> str:
+        """The layer as Python source, e.g. ``Conv2d(64, 64, kernel_size=[3, 3], ...)``."""
+        args = self.constructor_args()
+        head = f"{args.pop('in_channels')}, {args.pop('out_channels')}"
+        return f"{self.class_name}({head}, " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
+
     def flops_for_input(self, input_shape: Sequence[int]) -> int:
         """2 x useful multiply-adds for one call on ``input_shape`` (N, C, H, W)."""
         n, c, h, w = input_shape

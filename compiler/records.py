@@ -1,0 +1,210 @@
+"""The tuning-record database of a target: a folder of MetaSchedule JSON databases, one per run.
+
+Layout: ``<db dir>/<run>/database_workload.json`` and ``database_tuning_record.json`` (MetaSchedule's
+own JSONDatabase files, one line per workload / record).  Every tuning process writes only into a run
+folder it holds an exclusive ``flock`` on, so concurrent tuners never share a file; a killed tuner's
+lock dies with it and the next run adopts (and resumes) its folder.  Reading merges every run:
+each line is parsed on its own with MetaSchedule's parsers, so a torn last line, a corrupt line or a
+log from another TVM version is skipped with a warning naming the file and line, never a crash.
+Records measured on another target than the one asked for are skipped (MetaSchedule's database
+ignores the target; this folder's name is :func:`targets.target_key`).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from targets import target_key
+
+#: Environment variable naming a database folder (the one for the target, not its parent).
+DATABASE_ENV = "TVM_CONV_DATABASE"
+#: The shipped records: tuning_logs/<target key>/
+SHIPPED = Path(__file__).resolve().parent.parent / "tuning_logs"
+WORKLOADS, RECORDS, LOCK = "database_workload.json", "database_tuning_record.json", "lock"
+
+
+class TuningLogWarning(UserWarning):
+    """A tuning-log line was skipped (corrupt, torn by a kill, or from another TVM version)."""
+
+
+def database_dir(target: Target, path=None) -> Path:
+    """The folder holding ``target``'s records: ``path``, else $TVM_CONV_DATABASE, else the shipped one."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get(DATABASE_ENV):
+        return Path(os.environ[DATABASE_ENV])
+    return SHIPPED / target_key(target)
+
+
+def _run_dirs(db_dir: Path) -> List[Path]:
+    return sorted(p.parent for p in db_dir.glob(f"*/{WORKLOADS}"))
+
+
+def _lines(path: Path) -> Iterator[Tuple[int, object]]:
+    """(line number, parsed JSON) of each well-formed line; warns about the others."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except ValueError as err:
+                warnings.warn(f"{path}:{number}: skipped, not JSON ({err}); the line is torn or corrupt",
+                              TuningLogWarning, stacklevel=3)
+
+
+def _read_run(run: Path, database: ms.database.Database, key: str) -> int:
+    """Commit one run folder's valid records for target ``key`` into ``database``; returns their count."""
+    workloads: Dict[int, ms.database.Workload] = {}
+    for index, (number, obj) in enumerate(_lines(run / WORKLOADS)):
+        try:
+            workloads[index] = database.commit_workload(ms.database.Workload.from_json(obj).mod)
+        except Exception as err:  # noqa: BLE001 - TVM raises a variety of errors on foreign IR
+            warnings.warn(f"{run / WORKLOADS}:{number}: skipped workload, unreadable by this TVM "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                          TuningLogWarning, stacklevel=2)
+    count = 0
+    for number, obj in _lines(run / RECORDS):
+        try:
+            index, record_json = obj
+            record = ms.database.TuningRecord.from_json(record_json, workloads[index])
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"{run / RECORDS}:{number}: skipped record ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else 'bad workload index'})",
+                          TuningLogWarning, stacklevel=2)
+            continue
+        if record.target is not None and target_key(record.target) != key:
+            continue
+        if not record.run_secs:
+            continue                       # a failed build/run: no measurement to compare
+        database.commit_tuning_record(record)
+        count += 1
+    return count
+
+
+_LOADED: Dict[str, Tuple[tuple, ms.database.Database]] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _stamp(db_dir: Path) -> tuple:
+    """Changes whenever any record file of the folder changes (a new run, a new line)."""
+    stamp = []
+    for run in _run_dirs(db_dir):
+        for name in (WORKLOADS, RECORDS):
+            try:
+                st = (run / name).stat()
+                stamp.append((str(run / name), st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                pass
+    return tuple(stamp)
+
+
+def load(db_dir: Path, target: Target) -> ms.database.Database:
+    """Every valid record of ``db_dir`` for ``target``, merged in memory (cached until a file changes)."""
+    key = target_key(target)
+    cache_key = f"{Path(db_dir).resolve()}|{key}"
+    stamp = _stamp(Path(db_dir))
+    with _LOADED_LOCK:
+        hit = _LOADED.get(cache_key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        database = ms.database.MemoryDatabase()
+        for run in _run_dirs(Path(db_dir)):
+            _read_run(run, database, key)
+        _LOADED[cache_key] = (stamp, database)
+        return database
+
+
+def best_record(database: ms.database.Database, mod) -> Optional[ms.database.TuningRecord]:
+    """The fastest measured record of exactly this workload (structural match), or None."""
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    return top[0] if top else None
+
+
+def records_of(database: ms.database.Database, mod) -> List[ms.database.TuningRecord]:
+    if not database.has_workload(mod):
+        return []
+    return list(database.get_top_k(database.commit_workload(mod), 1 << 30))
+
+
+def trace_key(trace) -> str:
+    """A canonical text of a schedule trace (to recognise the hand-written schedule among records)."""
+    return json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=str)
+
+
+class RunFolder:
+    """A run folder this process holds exclusively (``with`` releases it); see the module docstring."""
+
+    def __init__(self, db_dir: Path):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        self.path, self._fd = None, None
+        for run in sorted(p for p in db_dir.iterdir() if p.is_dir() and p.name.startswith("run-")):
+            if self._try_lock(run):
+                if self._healthy(run):
+                    break
+                self._release()
+        if self.path is None:
+            name = f"run-{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run = db_dir / name
+            run.mkdir()
+            if not self._try_lock(run):      # pragma: no cover - a fresh name nobody else knows
+                raise RuntimeError(f"cannot lock new tuning folder {run}")
+
+    def _try_lock(self, run: Path) -> bool:
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.path, self._fd = run, fd
+        return True
+
+    def _healthy(self, run: Path) -> bool:
+        """Adopt a folder only if MetaSchedule can append to it: drop a torn last line, refuse others."""
+        for name in (WORKLOADS, RECORDS):
+            path = run / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):          # a kill mid-append: drop the torn line
+                cut = data.rfind(b"\n") + 1
+                warnings.warn(f"{path}: dropped a torn last line (an interrupted write)", TuningLogWarning)
+                path.write_bytes(data[:cut])
+                data = data[:cut]
+            for line in data.splitlines():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return False
+        return True
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        self.path, self._fd = None, None
+
+    def database(self) -> ms.database.JSONDatabase:
+        return ms.database.JSONDatabase(path_workload=str(self.path / WORKLOADS),
+                                        path_tuning_record=str(self.path / RECORDS), allow_missing=True)
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()

@@ -1,0 +1,202 @@
+"""``tune``: MetaSchedule search on the project's own tensor expressions, seeded with the hand schedule.
+
+The workload is the layer's unscheduled PrimFunc (torch-layout weights, the form exported libraries
+take).  Before the search, the hand-written schedule is measured with the same builder and runner and
+committed as a record, so the database's best for the workload is never slower than the default;
+lookups that find that record as the best use the hand path (with its once-per-weight packing).
+Records go to a run folder of the target's database (see :mod:`compiler.records`): interrupting
+keeps every record written, and a rerun counts them toward ``trials`` and continues.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from targets import TargetLike, resolve
+from targets.cpu import usable_cores
+
+from . import build, records
+from .layers import batched_shape, spec_of
+
+
+@dataclass
+class TuneResult:
+    layer: str
+    input_shape: Tuple[int, ...]
+    target_key: str
+    database_dir: Path
+    run_dir: Path
+    workload_hash: str
+    trials_run: int                 # measured in this call (excluding the hand seed)
+    trials_total: int               # search records of this workload in the database after the call
+    hand_ms: Optional[float]        # the hand-written schedule as MetaSchedule's runner measured it
+    best_ms: Optional[float]        # the database's best for the workload
+    wall_s: float
+    #: (trials measured, seconds since start, best ms so far) after each measured batch
+    history: List[Tuple[int, float, float]] = field(default_factory=list)
+
+    def within(self, fraction: float = 0.10) -> Optional[Tuple[int, float]]:
+        """(trials, seconds) this call took to come within ``fraction`` of the best it found."""
+        if not self.history:
+            return None
+        final = min(best for _, _, best in self.history)
+        for trials, seconds, best in self.history:
+            if best <= final * (1 + fraction):
+                return trials, seconds
+        return None
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """The live line: trials done / planned, best latency, GFLOP/s, elapsed and remaining time."""
+
+    def __init__(self, planned: int, flops: float, best_s: Optional[float], out) -> None:
+        self.planned, self.flops, self.best, self.out = planned, flops, best_s, out
+        self.done, self.start, self.history = 0, time.perf_counter(), []
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        for result in runner_results:
+            secs = [float(s) for s in (result.run_secs or [])]
+            if secs and result.error_msg is None and all(math.isfinite(s) for s in secs):
+                mean = sum(secs) / len(secs)
+                self.best = mean if self.best is None else min(self.best, mean)
+        self.done += len(runner_results)
+        elapsed = time.perf_counter() - self.start
+        self.history.append((self.done, elapsed, self.best * 1e3 if self.best else float("inf")))
+        left = elapsed / self.done * max(0, self.planned - self.done)
+        best = (f"best {self.best * 1e3:.3f} ms  {self.flops / self.best / 1e9:6.1f} GFLOP/s"
+                if self.best else "best -")
+        end = "\r" if getattr(self.out, "isatty", lambda: False)() else "\n"
+        self.out.write(f"[tune] {self.done}/{self.planned} trials  {best}  elapsed {elapsed:.0f} s  "
+                       f"left ~{left:.0f} s{end}")
+        self.out.flush()
+
+
+def _runner(target, rpc_tracker: Optional[str], rpc_key: Optional[str], workers: int):
+    # 3 calls a measurement, at least 50 ms each: enough to average out timer noise on
+    # sub-millisecond kernels while keeping a trial under a second (measured here).
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if rpc_tracker:
+        if not rpc_key:
+            raise ValueError("--rpc-tracker needs --rpc-key (the key the devices registered with)")
+        host, _, port = rpc_tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"rpc tracker must be HOST:PORT, got {rpc_tracker!r}")
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key,
+                                     session_timeout_sec=60)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=workers)
+    if str(target.kind.name) != "llvm":
+        raise ValueError(f"measuring on {target.kind.name} needs a device: pass rpc_tracker/rpc_key "
+                         "(a build machine without a GPU tunes through TVM's RPC tracker)")
+    return ms.runner.LocalRunner(evaluator_config=evaluator)
+
+
+def _measure(mod, target, builder, runner, args_info) -> List[float]:
+    """Run times of one scheduled module with the tuner's own builder and runner."""
+    (built,) = builder.build([ms.builder.BuilderInput(mod, target)])
+    if built.error_msg:
+        raise RuntimeError(f"building the hand-written schedule failed: {built.error_msg}")
+    device = "cpu" if str(target.kind.name) == "llvm" else str(target.kind.name)
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
+    result = future.result()
+    if result.error_msg:
+        raise RuntimeError(f"measuring the hand-written schedule failed: {result.error_msg}")
+    return [float(s) for s in result.run_secs]
+
+
+def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: int = 64,
+         work_dir=None, *, dtype: str = "float32", output_padding=None, trials_per_iter: int = 16,
+         rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, seed: Optional[int] = None,
+         out=None, verbose: bool = False) -> TuneResult:
+    """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``.
+
+    ``trials`` counts this workload's search records already in the database, so a rerun after an
+    interruption continues where it stopped.  ``work_dir`` defaults to ``tuning_logs/<target key>``
+    (or ``$TVM_CONV_DATABASE``).  Returns what was measured; compilation picks the records up.
+    MetaSchedule's own log goes to ``<run folder>/logs`` (and to stdout too with ``verbose``).
+    """
+    out = out or sys.stdout
+    start = time.perf_counter()
+    target = resolve(target)
+    spec = spec_of(layer)
+    shape = batched_shape(input_shape)
+    if spec.transposed:
+        output_padding = tuple(output_padding) if output_padding is not None else spec.output_padding
+    mod = build.workload_module(spec, shape, dtype, output_padding)
+    db_dir = records.database_dir(target, work_dir)
+    hand = build.schedule(spec, shape, dtype, target, output_padding)
+    hand_key = records.trace_key(hand.trace)
+    flops = spec.flops_for_input(shape)
+    workers = usable_cores()
+    # Measured here: with TVM's default core binding, the runner's worker process timed a 9 us
+    # kernel at 4-12 ms (its pool threads contend for a core); unbound, 15 us.  Workers inherit this.
+    os.environ["TVM_BIND_THREADS"] = "0"
+    builder = ms.builder.LocalBuilder(max_workers=workers)
+    runner = _runner(target, rpc_tracker, rpc_key, workers)
+    known = records.records_of(records.load(db_dir, target), mod)
+    searched = [r for r in known if records.trace_key(r.trace) != hand_key]
+    hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
+    with records.RunFolder(db_dir) as run:
+        writer = run.database()
+        workload = writer.commit_workload(mod)
+        if hand_known:
+            hand_secs = [float(s) for s in hand_known[0].run_secs]
+        else:
+            args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+            hand_secs = _measure(hand.mod, target, builder, runner, args_info)
+            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, hand_secs, target,
+                                                                 args_info))
+        hand_s = sum(hand_secs) / len(hand_secs)
+        best_known = min([hand_s] + [sum(map(float, r.run_secs)) / len(r.run_secs) for r in searched])
+        remaining = max(0, trials - len(searched))
+        progress = _Progress(remaining, flops, best_known, out)
+        if remaining:
+            out.write(f"[tune] {spec.describe()} on {'x'.join(map(str, shape))}: {remaining} trials "
+                      f"({len(searched)} already in {db_dir}), hand-written {hand_s * 1e3:.3f} ms\n")
+            console = logging.getLogger("tvm.s_tir.meta_schedule")
+            console.setLevel(logging.DEBUG if verbose else logging.WARNING)   # its console handler's level
+            ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
+                        num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
+                        runner=runner, database=writer,
+                        cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
+                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                        + [progress], num_tuning_cores=workers, seed=seed)
+            if getattr(out, "isatty", lambda: False)():
+                out.write("\n")
+        run_dir = run.path
+    build.clear_cache()                       # kernels compiled before now may have a better record
+    final = records.records_of(records.load(db_dir, target), mod)
+    best = records.best_record(records.load(db_dir, target), mod)
+    return TuneResult(
+        layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
+        database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
+        trials_run=progress.done,
+        trials_total=sum(records.trace_key(r.trace) != hand_key for r in final),
+        hand_ms=hand_s * 1e3,
+        best_ms=(sum(map(float, best.run_secs)) / len(best.run_secs) * 1e3) if best else None,
+        wall_s=time.perf_counter() - start, history=progress.history)
+
+
+def tune_many(layers: Sequence[Tuple[object, Sequence[int]]], report: Callable[[TuneResult], None] = None,
+              **kwargs) -> List[TuneResult]:
+    """Tune several (layer, input shape) pairs one after the other, into the same database."""
+    results = []
+    for layer, shape in layers:
+        result = tune(layer, shape, **kwargs)
+        results.append(result)
+        if report:
+            report(result)
+    return results
+
+
+__all__ = ["tune", "tune_many", "TuneResult"]
