@@ -132,17 +132,29 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
     shape = batched_shape(input_shape)
     if spec.transposed:
         output_padding = tuple(output_padding) if output_padding is not None else spec.output_padding
-    mod = build.workload_module(spec, shape, dtype, output_padding)
     db_dir = records.database_dir(target, work_dir)
-    hand = build.schedule(spec, shape, dtype, target, output_padding)
-    hand_key = records.trace_key(hand.trace)
-    flops = spec.flops_for_input(shape)
     workers = usable_cores()
     # Measured here: with TVM's default core binding, the runner's worker process timed a 9 us
     # kernel at 4-12 ms (its pool threads contend for a core); unbound, 15 us.  Workers inherit this.
+    previous_bind = os.environ.get("TVM_BIND_THREADS")
     os.environ["TVM_BIND_THREADS"] = "0"
+    try:
+        return _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter,
+                     _runner(target, rpc_tracker, rpc_key, workers), workers, seed, out, verbose, start)
+    finally:
+        if previous_bind is None:
+            os.environ.pop("TVM_BIND_THREADS", None)
+        else:
+            os.environ["TVM_BIND_THREADS"] = previous_bind
+
+
+def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter, runner, workers,
+          seed, out, verbose, start) -> TuneResult:
+    mod = build.workload_module(spec, shape, dtype, output_padding)
+    hand = build.schedule(spec, shape, dtype, target, output_padding)
+    hand_key = records.trace_key(hand.trace)
+    flops = spec.flops_for_input(shape)
     builder = ms.builder.LocalBuilder(max_workers=workers)
-    runner = _runner(target, rpc_tracker, rpc_key, workers)
     known = records.records_of(records.load(db_dir, target), mod)
     searched = [r for r in known if records.trace_key(r.trace) != hand_key]
     hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
