@@ -154,7 +154,8 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
     hand = build.schedule(spec, shape, dtype, target, output_padding)
     hand_key = records.trace_key(hand.trace)
     flops = spec.flops_for_input(shape)
-    builder = ms.builder.LocalBuilder(max_workers=workers)
+    # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120)
     known = records.records_of(records.load(db_dir, target), mod)
     searched = [r for r in known if records.trace_key(r.trace) != hand_key]
     hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
