@@ -16,5 +16,22 @@ if "TVM_NUM_THREADS" not in _os.environ:
 from .modules import Conv2d, ConvTranspose2d  # noqa: E402
 from .spec import ConvSpec  # noqa: E402
 
-__all__ = ["Conv2d", "ConvTranspose2d", "ConvSpec"]
+# The CUDA JIT on a GPU host: nvcc (the toolchain this project requires) rather than NVRTC, which
+# would need the cuda-bindings package (TVM 0.27's default).
+_os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+
+
+def tune(*args, **kwargs):
+    """:func:`compiler.tuning.tune` (imported on first use: MetaSchedule is slow to import)."""
+    from .tuning import tune as _tune
+    return _tune(*args, **kwargs)
+
+
+def export_library(*args, **kwargs):
+    """:func:`compiler.export.export_library`."""
+    from .export import export_library as _export
+    return _export(*args, **kwargs)
+
+
+__all__ = ["Conv2d", "ConvTranspose2d", "ConvSpec", "tune", "export_library"]
 __version__ = "0.1.0"

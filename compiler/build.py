@@ -14,7 +14,7 @@ import tvm_ffi
 from tvm import s_tir, te
 from tvm.target import Target
 
-from schedules import CPU_RULES, Workload, apply_first
+from schedules import Workload, apply_first, rules_for
 from schedules.base import schedule_weight_pack
 
 from . import compute, records
@@ -75,7 +75,7 @@ def schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_pad
     def make_func(block):
         return prim_func(spec, input_shape, dtype, output_padding, block)
 
-    rule, sch, block = apply_first(rules or CPU_RULES, make_func,
+    rule, sch, block = apply_first(rules or rules_for(target), make_func,
                                    workload_of(spec, input_shape, dtype, output_padding), target, prepacked)
     return Scheduled(rule.name, sch.mod, block, sch.trace)
 

@@ -3,9 +3,22 @@ from .base import ScheduleRule, Workload, apply_first
 from .cpu_channel_vector import CpuChannelVector
 from .cpu_direct import CpuDirect
 from .cpu_transposed import CpuTransposed
+from .cuda_direct import CudaDirect
 from .fallback import CpuFallback
 
 #: The CPU rule chain, most specialised first; the fallback accepts everything.
 CPU_RULES = (CpuTransposed(), CpuChannelVector(), CpuDirect(), CpuFallback())
+#: The CUDA rule chain (one rule covers every variant).
+CUDA_RULES = (CudaDirect(),)
 
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CpuChannelVector", "CpuDirect", "CpuTransposed", "CpuFallback"]
+
+def rules_for(target):
+    """The rule chain for a target kind."""
+    kind = str(target.kind.name)
+    if kind == "llvm":
+        return CPU_RULES
+    if kind == "cuda":
+        return CUDA_RULES
+    raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
+
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CpuChannelVector", "CpuDirect", "CpuTransposed", "CpuFallback"]

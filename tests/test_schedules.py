@@ -6,6 +6,7 @@ import compiler
 from compiler import build
 from compiler.spec import ConvSpec
 from reference import assert_matches_torch
+import schedules
 from schedules import CPU_RULES, CpuDirect, CpuFallback
 from schedules.cpu_direct import choose_config
 from targets import host_target
@@ -54,7 +55,7 @@ def test_direct_rule_declines_other_targets():
 
 
 def test_fallback_rule_matches_torch(monkeypatch):
-    monkeypatch.setattr(build, "CPU_RULES", (CpuFallback(),))
+    monkeypatch.setattr(schedules, "CPU_RULES", (CpuFallback(),))
     build.clear_cache()
     m = compiler.Conv2d(6, 4, 3, stride=2, padding=2, padding_mode="reflect", groups=2)
     assert_matches_torch(m, torch.randn(2, 6, 11, 9))
