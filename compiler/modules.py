@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.nn import init
 
-from targets import host_target
+import tvm_ffi
+
+from targets import PRESETS, GpuPreset, host_target
 
 from .build import Kernel, get_kernel
 from .spec import ConvSpec
@@ -42,8 +44,9 @@ class _ConvBase(nn.Module):
         if probe.dtype not in SUPPORTED_DTYPES:
             raise RuntimeError(f"{type(self).__name__} supports dtypes {list(SUPPORTED_DTYPES)}, got "
                                f"{probe.dtype}")
-        if probe.device.type != "cpu":
-            raise RuntimeError(f"{type(self).__name__} runs on the CPU here; got device {probe.device}")
+        if probe.device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"{type(self).__name__} runs on CPUs and NVIDIA GPUs; got device "
+                               f"{probe.device}")
         self.in_channels = spec.in_channels
         self.out_channels = spec.out_channels
         self.kernel_size = spec.kernel_size
@@ -64,7 +67,7 @@ class _ConvBase(nn.Module):
             self.bias = nn.Parameter(torch.empty(spec.out_channels, **factory))
         else:
             self.register_parameter("bias", None)
-        self.target = None      # None: the host CPU (targets.host_target())
+        self.target = None      # None: the input's device (the host CPU, or its GPU's cuda/sm_XX)
         #: tuning records to look up: a folder, None ($TVM_CONV_DATABASE or the shipped
         #: tuning_logs/<target key>), or False (hand-written schedules only)
         self.tuning_database = None
@@ -148,15 +151,28 @@ class _ConvBase(nn.Module):
             y = x.new_empty(out_shape)       # nothing to compute: no kernel for empty batches
         else:
             kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
-                                self.target or host_target(), output_padding, prepacked=True,
+                                self.target or _device_target(x.device), output_padding, prepacked=True,
                                 database=self.tuning_database)
             y = x.new_empty(out_shape)
             args = [x.detach().contiguous(), self._kernel_weight(kernel)]
             if self.bias is not None:
                 args.append(self.bias.detach().contiguous())
-            kernel(*args, y)
+            if x.is_cuda:
+                with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():   # torch's current stream
+                    kernel(*args, y)
+            else:
+                kernel(*args, y)
             self.kernel = kernel
         return y if batched else y.squeeze(0)
+
+
+def _device_target(device: torch.device):
+    """The target for tensors on ``device``: the host CPU, or the preset of that GPU's arch."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        arch = f"sm_{major}{minor}"
+        return (PRESETS.get(arch) or GpuPreset(arch, torch.cuda.get_device_name(device))).target()
+    return host_target()
 
 
 class Conv2d(_ConvBase):

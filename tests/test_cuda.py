@@ -1,0 +1,100 @@
+"""CUDA: every variant schedules within every preset's limits and generates CUDA; nvcc compiles it
+for sm_80 and sm_90 here (no GPU needed); on a machine with an NVIDIA GPU the modules run there."""
+import pytest
+import torch
+import tvm
+
+import compiler
+from compiler import build, cuda_binary
+from compiler.spec import ConvSpec
+from reference import assert_matches_torch
+from schedules.gpu_verify import passes_gpu_verification
+from targets import PRESETS, preset, resolve, target_key
+
+VARIANTS = {
+    "dense3x3": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 28, 28)),
+    "pointwise": (ConvSpec.conv2d(64, 32, 1), (2, 64, 14, 14)),
+    "strided": (ConvSpec.conv2d(16, 32, 3, stride=2, padding=1), (1, 16, 30, 30)),
+    "dilated": (ConvSpec.conv2d(32, 32, 3, padding=2, dilation=2), (1, 32, 20, 20)),
+    "grouped": (ConvSpec.conv2d(32, 64, 3, padding=1, groups=4), (1, 32, 16, 16)),
+    "depthwise_x2": (ConvSpec.conv2d(16, 32, 3, stride=2, padding=1, groups=16), (1, 16, 33, 33)),
+    "stem7x7": (ConvSpec.conv2d(3, 64, 7, stride=2, padding=3), (1, 3, 224, 224)),
+    "reflect": (ConvSpec.conv2d(8, 8, 3, padding=1, padding_mode="circular"), (1, 8, 15, 17)),
+    "transposed": (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 16, 16)),
+    "transposed_dil_groups": (ConvSpec.conv_transpose2d(8, 12, 3, stride=3, dilation=2, groups=2,
+                                                        output_padding=1), (2, 8, 7, 5)),
+}
+
+
+def test_presets_and_names():
+    assert set(PRESETS) >= {"sm_70", "sm_75", "sm_80", "sm_86", "sm_89", "sm_90"}
+    t = resolve("cuda/sm_86")
+    assert str(t.attrs["arch"]) == "sm_86" and int(t.attrs["max_threads_per_block"]) == 1024
+    assert int(t.attrs["max_shared_memory_per_block"]) == 48 * 1024 and int(t.attrs["thread_warp_size"]) == 32
+    assert target_key(t) == "cuda-sm_86" and preset("sm_90").short_name == "cuda/sm_90"
+    with pytest.raises(ValueError, match="unknown CUDA target"):
+        resolve("cuda/sm_10")
+
+
+@pytest.mark.parametrize("arch", sorted(PRESETS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_schedules_within_every_preset(variant, arch):
+    spec, shape = VARIANTS[variant]
+    target = resolve(f"cuda/{arch}")
+    op = spec.output_padding if spec.transposed else None
+    scheduled = build.schedule(spec, shape, "float32", target, op)
+    assert scheduled.rule == "cuda-direct"
+    assert passes_gpu_verification(scheduled.mod, target)
+    script = scheduled.mod.script()
+    assert 'thread_binding' in script and '"shared"' in script
+    executable = tvm.compile(scheduled.mod, target=target)
+    assert "__global__" in cuda_binary.device_source(executable)
+
+
+NVCC_CASES = [(v, "float32") for v in sorted(VARIANTS)] + [
+    (v, dt) for v in ("dense3x3", "depthwise_x2", "transposed") for dt in ("float16", "bfloat16")]
+HALF_C_TYPE = {"float16": "half", "bfloat16": "nv_bfloat16"}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("variant,dtype", NVCC_CASES, ids=[f"{v}-{d}" for v, d in NVCC_CASES])
+def test_nvcc_compiles_every_variant(variant, dtype, arch):
+    spec, shape = VARIANTS[variant]
+    target = resolve(f"cuda/{arch}")
+    op = spec.output_padding if spec.transposed else None
+    scheduled = build.schedule(spec, shape, dtype, target, op)
+    source = cuda_binary.device_source(tvm.compile(scheduled.mod, target=target))
+    assert "float conv_local" in source                      # registers accumulate in float32
+    if dtype in HALF_C_TYPE:
+        assert f"__shared__ alignas(64) {HALF_C_TYPE[dtype]} " in source   # staged in the half type
+    fatbin = cuda_binary.compile_device_code(source, target, "fatbin")
+    other = "sm_80" if arch == "sm_90" else "sm_90"
+    assert arch.encode() in fatbin and other.encode() not in fatbin
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
+    spec, shape = VARIANTS[variant]
+    cls = compiler.ConvTranspose2d if spec.transposed else compiler.Conv2d
+    kwargs = spec.constructor_args()
+    m = cls(**kwargs, device="cuda", dtype=dtype)
+    x = torch.randn(*shape, device="cuda", dtype=dtype)
+    assert_matches_torch(m, x)
+    assert m.schedule == "cuda-direct" and str(m.kernel.target.kind.name) == "cuda"
+
+
+@needs_gpu
+def test_gpu_runs_on_torchs_current_stream():
+    m = compiler.Conv2d(16, 16, 3, padding=1, device="cuda")
+    x = torch.randn(4, 16, 32, 32, device="cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y = m(x)
+    s.synchronize()
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1),
+                               rtol=1e-4, atol=1e-4)
