@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     tune.add_argument("--rpc-tracker", help="HOST:PORT of a tvm.rpc tracker to measure on")
     tune.add_argument("--rpc-key", help="device key registered with the tracker")
     tune.add_argument("--seed", type=int)
+    tune.add_argument("--final-check", type=int, default=3, help="re-measure the hand schedule and this "
+                      "many best records side by side at the end (0: skip)")
     tune.add_argument("--verbose", action="store_true", help="MetaSchedule's log on stdout too")
 
     build = sub.add_parser("build", help="ahead-of-time build: shared library + manifest.json")
@@ -100,13 +102,14 @@ def main(argv=None) -> int:
 
         def report(r):
             within = r.within()
-            print(f"[tune] done {r.layer} {'x'.join(map(str, r.input_shape))}: hand {r.hand_ms:.3f} ms, "
+            print(f"[tune] done {r.layer} {'x'.join(map(str, r.input_shape))}: hand {r.hand_ms:.3f} ms, "  # noqa
                   f"best {r.best_ms:.3f} ms ({r.hand_ms / r.best_ms:.2f}x), {r.trials_run} trials in "
                   f"{r.wall_s:.0f} s" + (f", within 10% of this run's best after {within[0]} trials / "
                                          f"{within[1]:.0f} s" if within else "") + f" -> {r.run_dir}")
         tune_many(_layers(parser, args), report=report, target=target, trials=args.trials,
                   work_dir=args.work_dir, dtype=args.dtype, trials_per_iter=args.trials_per_iter,
-                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose)
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose,
+                  final_check=args.final_check)
     elif args.command == "build":
         import json
 

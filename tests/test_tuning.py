@@ -51,6 +51,8 @@ def test_tiny_tuning_run_records_and_seeds_the_hand_schedule(tuned_db):
     keys = [records.trace_key(r.trace) for r in found]
     assert records.trace_key(hand.trace) in keys            # the hand schedule is a measured record
     assert result.best_ms <= result.hand_ms                  # so the best is never slower than it
+    # the final check re-measured the hand schedule and the best search record side by side
+    assert keys.count(records.trace_key(hand.trace)) == 2
     assert result.workload_hash == json.loads(
         (result.run_dir / records.WORKLOADS).read_text().splitlines()[0])[0]
 
@@ -140,7 +142,7 @@ def test_corrupt_torn_and_foreign_logs_are_skipped_with_warnings(tuned_db, tmp_p
 
 def _tune_cli(db, *extra, layer=LAYER, shape="1,4,8,8"):
     return [sys.executable, "-m", "compiler", "tune", "--layer", layer, "--input-shape", shape,
-            "--work-dir", str(db), "--trials-per-iter", "2", *extra]
+            "--work-dir", str(db), "--trials-per-iter", "2", "--final-check", "0", *extra]
 
 
 def test_kill_keeps_records_and_a_rerun_resumes(tmp_path):
@@ -164,10 +166,10 @@ def test_kill_keeps_records_and_a_rerun_resumes(tmp_path):
     assert len(kept) >= 3
     hand_key = records.trace_key(build.schedule(SPEC, SHAPE, "float32", host_target()).trace)
     searched = sum(records.trace_key(r.trace) != hand_key for r in kept)
-    result = tune(LAYER, SHAPE, trials=searched + 2, trials_per_iter=2, work_dir=db)
+    result = tune(LAYER, SHAPE, trials=searched + 2, trials_per_iter=2, work_dir=db, final_check=0)
     assert result.trials_run == 2                     # only what was missing
     assert result.run_dir == next(db.iterdir())       # the dead run's folder was adopted
-    again = tune(LAYER, SHAPE, trials=searched + 2, work_dir=db)
+    again = tune(LAYER, SHAPE, trials=searched + 2, work_dir=db, final_check=0)
     assert again.trials_run == 0
 
 
@@ -233,7 +235,7 @@ def rpc_tracker():
 
 def test_tuning_measures_over_rpc(tmp_path, rpc_tracker):
     result = tune(LAYER, SHAPE, trials=2, trials_per_iter=2, work_dir=tmp_path / "db",
-                  rpc_tracker=rpc_tracker, rpc_key="test-cpu")
+                  rpc_tracker=rpc_tracker, rpc_key="test-cpu", final_check=1)
     assert result.trials_run == 2 and result.hand_ms > 0
     assert len(_search_records(tmp_path / "db")) >= 2
 
