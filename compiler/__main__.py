@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     bench.add_argument("--input-shape", type=_shape, help="N,C,H,W")
     bench.add_argument("--threads", type=int, help="threads for both sides (default: TVM_NUM_THREADS)")
     bench.add_argument("--no-tuned", action="store_true", help="skip the tuned column")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="cuda: both sides on the local GPU (torch uses cuDNN)")
     bench.add_argument("--csv", help="also write the table as CSV")
     bench.add_argument("--json", help="also write the table as JSON")
 
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
         if args.layer or args.input_shape:
             suite = _layers(parser, args)
         bench_mod.run(suite, threads=args.threads, csv_path=args.csv, json_path=args.json,
-                      tuned=not args.no_tuned)
+                      tuned=not args.no_tuned, device=args.device)
     elif args.command == "tune":
         import json
 

@@ -50,44 +50,48 @@ class Row:
     tuned_schedule: str
 
 
-def _round_time(fn: Callable[[], object], min_seconds: float) -> float:
-    """Seconds per call of fn, averaged over enough calls to last ``min_seconds``."""
+def _round_time(fn: Callable[[], object], min_seconds: float, device: str = "cpu") -> float:
+    """Seconds per call of fn, averaged over enough calls to last ``min_seconds`` (GPU work is
+    waited for before the clock is read)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     calls, start = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
+        sync()
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
 
 
-def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+def measure_peak_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """This machine's attainable FP32 rate: the best of a few large torch GEMMs (oneDNN/MKL reach
     ~90% of the FMA units' peak on such sizes, so this is a slight underestimate of the true peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)
-    best = min(_round_time(lambda: torch.mm(a, b), 0.2) for _ in range(repeats))
+    best = min(_round_time(lambda: torch.mm(a, b), 0.2, device) for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
 
 
 def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int = 7,
-                round_seconds: float = 0.05, tuned: bool = True) -> Row:
+                round_seconds: float = 0.05, tuned: bool = True, device: str = "cpu") -> Row:
     """Torch, our hand-written schedule and (if the database has a record) our tuned one, interleaved."""
     from . import build
 
     build.clear_cache()
-    hand = parse_layer(text)
+    hand = parse_layer(text).to(device)
     hand.tuning_database = False
-    theirs = parse_layer(text, torch.nn)
+    theirs = parse_layer(text, torch.nn).to(device)
     theirs.load_state_dict(hand.state_dict())
-    x = torch.randn(*input_shape)
+    x = torch.randn(*input_shape, device=device)
     contenders = {"torch": theirs, "hand": hand}
     with torch.no_grad():
         hand(x)                                          # compiles (timed inside build)
         compile_s = hand.kernel.compile_seconds
         torch.testing.assert_close(hand(x), theirs(x), rtol=1e-3, atol=1e-3)
         if tuned:
-            best = parse_layer(text)
+            best = parse_layer(text).to(device)
             best.load_state_dict(hand.state_dict())
             best(x)
             if best.schedule != hand.schedule:           # a tuning record served it
@@ -96,7 +100,7 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
         times = {name: [] for name in contenders}
         for warm in [True] * 3 + [False] * rounds:       # warm all (oneDNN JITs on first calls), then
             for name, layer in contenders.items():       # interleaved rounds
-                t = _round_time(lambda: layer(x), round_seconds)
+                t = _round_time(lambda: layer(x), round_seconds, device)
                 if not warm:
                     times[name].append(t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -115,18 +119,19 @@ def _geomean(values) -> float:
 
 
 def run(suite=DEFAULT_SUITE, threads: Optional[int] = None, csv_path=None, json_path=None,
-        print_fn=print, tuned: bool = True) -> List[Row]:
+        print_fn=print, tuned: bool = True, device: str = "cpu") -> List[Row]:
+    """The table; ``device="cuda"`` runs both sides on the GPU (torch: cuDNN) with CUDA tensors."""
     import os
     threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
-    peak = measure_peak_gflops()
+    peak = measure_peak_gflops(device=device)
     print_fn(f"threads: {threads} (torch and TVM)   peak FP32 (large torch GEMM): {peak:.1f} GFLOP/s")
     header = f"{'layer':54s} {'input':>14s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} " \
              f"{'GFLOP/s':>8s} {'% peak':>7s} {'compile s':>9s} {'tuned ms':>9s} {'speedup':>8s}  schedule"
     print_fn(header)
     rows = []
     for text, shape in suite:
-        row = bench_layer(text, shape, peak, tuned=tuned)
+        row = bench_layer(text, shape, peak, tuned=tuned, device=device)
         rows.append(row)
         tuned_ms = f"{row.tuned_ms:9.3f} {row.tuned_speedup:7.2f}x" if row.tuned_schedule != "(no record)" \
             else f"{'-':>9s} {'-':>8s}"

@@ -98,3 +98,10 @@ def test_gpu_runs_on_torchs_current_stream():
     s.synchronize()
     torch.testing.assert_close(y, torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1),
                                rtol=1e-4, atol=1e-4)
+
+
+@needs_gpu
+def test_gpu_benchmark_runs_against_cudnn(capsys):
+    from compiler.__main__ import main
+    main(["bench", "--device", "cuda", "--layer", "Conv2d(32, 32, 3, padding=1)", "--input-shape", "1,32,28,28"])
+    assert "geometric-mean speedup" in capsys.readouterr().out
