@@ -175,7 +175,8 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
                                                                  args_info))
         hand_s = sum(hand_secs) / len(hand_secs)
         best_known = min([hand_s] + [sum(map(float, r.run_secs)) / len(r.run_secs) for r in searched])
-        remaining = max(0, trials - len(searched))
+        # distinct schedules: the final check re-commits traces already measured
+        remaining = max(0, trials - len({records.trace_key(r.trace) for r in searched}))
         progress = _Progress(remaining, flops, best_known, out)
         if remaining:
             out.write(f"[tune] {spec.describe()} on {'x'.join(map(str, shape))}: {remaining} trials "
@@ -201,7 +202,7 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
         layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
         trials_run=progress.done,
-        trials_total=sum(records.trace_key(r.trace) != hand_key for r in final),
+        trials_total=len({records.trace_key(r.trace) for r in final} - {hand_key}),
         hand_ms=hand_s * 1e3,
         best_ms=(sum(map(float, best.run_secs)) / len(best.run_secs) * 1e3) if best else None,
         wall_s=time.perf_counter() - start, history=progress.history)
