@@ -105,3 +105,13 @@ def test_gpu_benchmark_runs_against_cudnn(capsys):
     from compiler.__main__ import main
     main(["bench", "--device", "cuda", "--layer", "Conv2d(32, 32, 3, padding=1)", "--input-shape", "1,32,28,28"])
     assert "geometric-mean speedup" in capsys.readouterr().out
+
+
+def test_metaschedule_cuda_space_works_on_the_same_expressions():
+    from tvm.s_tir import meta_schedule as ms
+    spec, shape = VARIANTS["grouped"]
+    mod = build.workload_module(spec, shape, "float32")
+    ctx = ms.TuneContext(mod=mod, target=resolve("cuda/sm_90"), space_generator=ms.space_generator.PostOrderApply(
+        sch_rules="cuda", postprocs="cuda", mutator_probs="cuda"), task_name="conv")
+    spaces = ctx.generate_design_space()
+    assert spaces and all("threadIdx" in str(s.trace) or "thread" in s.mod.script() for s in spaces)
