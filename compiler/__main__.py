@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     tune.add_argument("--rpc-tracker", help="HOST:PORT of a tvm.rpc tracker to measure on")
     tune.add_argument("--rpc-key", help="device key registered with the tracker")
     tune.add_argument("--seed", type=int)
+    tune.add_argument("--population", type=int, default=512, help="evolutionary search population")
     tune.add_argument("--final-check", type=int, default=3, help="re-measure the hand schedule and this "
                       "many best records side by side at the end (0: skip)")
     tune.add_argument("--verbose", action="store_true", help="MetaSchedule's log on stdout too")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         tune_many(_layers(parser, args), report=report, target=target, trials=args.trials,
                   work_dir=args.work_dir, dtype=args.dtype, trials_per_iter=args.trials_per_iter,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose,
-                  final_check=args.final_check)
+                  final_check=args.final_check, population=args.population)
     elif args.command == "build":
         import json
 

@@ -118,7 +118,7 @@ def _measure(mod, target, builder, runner, args_info) -> List[float]:
 def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: int = 64,
          work_dir=None, *, dtype: str = "float32", output_padding=None, trials_per_iter: int = 16,
          rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, seed: Optional[int] = None,
-         out=None, verbose: bool = False, final_check: int = 3) -> TuneResult:
+         out=None, verbose: bool = False, final_check: int = 3, population: int = 512) -> TuneResult:
     """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``.
 
     ``trials`` counts this workload's search records already in the database, so a rerun after an
@@ -126,7 +126,8 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
     (or ``$TVM_CONV_DATABASE``).  Returns what was measured; compilation picks the records up.
     MetaSchedule's own log goes to ``<run folder>/logs`` (and to stdout too with ``verbose``).
     ``final_check``: how many of the best search records to re-measure beside the hand schedule
-    at the end (0: none).
+    at the end (0: none).  ``population``: the evolutionary search's population per round
+    (MetaSchedule's default 512; small values make tiny runs fast, as the tests do).
     """
     out = out or sys.stdout
     start = time.perf_counter()
@@ -144,7 +145,7 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
     try:
         return _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter,
                      _runner(target, rpc_tracker, rpc_key, workers), workers, seed, out, verbose, start,
-                     final_check)
+                     final_check, population)
     finally:
         if previous_bind is None:
             os.environ.pop("TVM_BIND_THREADS", None)
@@ -153,7 +154,7 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
 
 
 def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter, runner, workers,
-          seed, out, verbose, start, final_check) -> TuneResult:
+          seed, out, verbose, start, final_check, population) -> TuneResult:
     mod = build.workload_module(spec, shape, dtype, output_padding)
     hand = build.schedule(spec, shape, dtype, target, output_padding)
     hand_key = records.trace_key(hand.trace)
@@ -186,6 +187,8 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
             ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
                         num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
                         runner=runner, database=writer,
+                        strategy=ms.search_strategy.EvolutionarySearch(
+                            population_size=population, init_min_unmeasured=min(50, population)),
                         cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
                         measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                         + [progress], num_tuning_cores=workers, seed=seed)

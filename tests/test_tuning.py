@@ -24,6 +24,7 @@ from targets import host_target, resolve
 LAYER, SHAPE = "Conv2d(4, 16, 3, padding=1)", (1, 4, 8, 8)
 SPEC = ConvSpec.conv2d(4, 16, 3, padding=1)
 REPO = Path(__file__).resolve().parent.parent
+POPULATION = 16           # a tiny evolutionary search: these tests check the plumbing, not the search
 
 
 def _env():
@@ -33,7 +34,7 @@ def _env():
 @pytest.fixture(scope="module")
 def tuned_db(tmp_path_factory):
     db = tmp_path_factory.mktemp("db")
-    result = tune(LAYER, SHAPE, trials=4, trials_per_iter=4, work_dir=db, seed=1)
+    result = tune(LAYER, SHAPE, trials=4, trials_per_iter=4, work_dir=db, seed=1, population=POPULATION)
     return db, result
 
 
@@ -142,7 +143,7 @@ def test_corrupt_torn_and_foreign_logs_are_skipped_with_warnings(tuned_db, tmp_p
 
 def _tune_cli(db, *extra, layer=LAYER, shape="1,4,8,8"):
     return [sys.executable, "-m", "compiler", "tune", "--layer", layer, "--input-shape", shape,
-            "--work-dir", str(db), "--trials-per-iter", "2", "--final-check", "0", *extra]
+            "--work-dir", str(db), "--trials-per-iter", "2", "--final-check", "0", "--population", str(POPULATION), *extra]
 
 
 def test_kill_keeps_records_and_a_rerun_resumes(tmp_path):
@@ -166,10 +167,12 @@ def test_kill_keeps_records_and_a_rerun_resumes(tmp_path):
     assert len(kept) >= 3
     hand_key = records.trace_key(build.schedule(SPEC, SHAPE, "float32", host_target()).trace)
     searched = len({records.trace_key(r.trace) for r in kept} - {hand_key})
-    result = tune(LAYER, SHAPE, trials=searched + 2, trials_per_iter=2, work_dir=db, final_check=0)
+    result = tune(LAYER, SHAPE, trials=searched + 2, trials_per_iter=2, work_dir=db, final_check=0,
+                  population=POPULATION)
     assert result.trials_run == 2                     # only what was missing
     assert result.run_dir == next(db.iterdir())       # the dead run's folder was adopted
-    again = tune(LAYER, SHAPE, trials=searched + 2, work_dir=db, final_check=0)
+    again = tune(LAYER, SHAPE, trials=searched + 2, work_dir=db, final_check=0,
+                  population=POPULATION)
     assert again.trials_run == 0
 
 
@@ -235,7 +238,7 @@ def rpc_tracker():
 
 def test_tuning_measures_over_rpc(tmp_path, rpc_tracker):
     result = tune(LAYER, SHAPE, trials=2, trials_per_iter=2, work_dir=tmp_path / "db",
-                  rpc_tracker=rpc_tracker, rpc_key="test-cpu", final_check=1)
+                  rpc_tracker=rpc_tracker, rpc_key="test-cpu", final_check=1, population=POPULATION)
     assert result.trials_run == 2 and result.hand_ms > 0
     assert len(_search_records(tmp_path / "db")) >= 2
 
