@@ -50,33 +50,34 @@ def _run_dirs(db_dir: Path) -> List[Path]:
     return sorted(p.parent for p in db_dir.glob(f"*/{WORKLOADS}"))
 
 
-def _lines(path: Path) -> Iterator[Tuple[int, object]]:
-    """(line number, parsed JSON) of each well-formed line; warns about the others."""
+def _lines(path: Path) -> Iterator[Tuple[int, int, object]]:
+    """(line number, index, parsed JSON) of each well-formed line; warns about the others.
+
+    ``index`` counts every non-empty line, well-formed or not: it is the position MetaSchedule's
+    records use to name their workload, so a skipped line must not shift the lines after it.
+    """
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for index, (number, line) in enumerate((n, line) for n, line in enumerate(f, 1) if line.strip()):
             try:
-                yield number, json.loads(line)
+                yield number, index, json.loads(line)
             except ValueError as err:
                 warnings.warn(f"{path}:{number}: skipped, not JSON ({err}); the line is torn or corrupt",
                               TuningLogWarning, stacklevel=3)
 
 
-def _read_run(run: Path, database: ms.database.Database, key: str) -> int:
-    """Commit one run folder's valid records for target ``key`` into ``database``; returns their count."""
+def _read_run(run: Path, database: ms.database.Database, key: Optional[str]) -> None:
+    """Commit one run folder's valid records for target ``key`` (None: any) into ``database``."""
     workloads: Dict[int, ms.database.Workload] = {}
-    for index, (number, obj) in enumerate(_lines(run / WORKLOADS)):
+    for number, index, obj in _lines(run / WORKLOADS):
         try:
             workloads[index] = database.commit_workload(ms.database.Workload.from_json(obj).mod)
         except Exception as err:  # noqa: BLE001 - TVM raises a variety of errors on foreign IR
             warnings.warn(f"{run / WORKLOADS}:{number}: skipped workload, unreadable by this TVM "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
                           TuningLogWarning, stacklevel=2)
-    count = 0
-    for number, obj in _lines(run / RECORDS):
+    for number, _, obj in _lines(run / RECORDS):
         try:
             index, record_json = obj
             record = ms.database.TuningRecord.from_json(record_json, workloads[index])
@@ -85,13 +86,11 @@ def _read_run(run: Path, database: ms.database.Database, key: str) -> int:
                           f"{str(err).splitlines()[0][:200] if str(err) else 'bad workload index'})",
                           TuningLogWarning, stacklevel=2)
             continue
-        if record.target is not None and target_key(record.target) != key:
+        if key is not None and record.target is not None and target_key(record.target) != key:
             continue
         if not record.run_secs:
             continue                       # a failed build/run: no measurement to compare
         database.commit_tuning_record(record)
-        count += 1
-    return count
 
 
 _LOADED: Dict[str, Tuple[tuple, ms.database.Database]] = {}
@@ -175,7 +174,8 @@ class RunFolder:
         return True
 
     def _healthy(self, run: Path) -> bool:
-        """Adopt a folder only if MetaSchedule can append to it: drop a torn last line, refuse others."""
+        """Adopt a folder only if MetaSchedule's JSONDatabase can load it: drop a torn last line,
+        refuse a folder with any other line the readers above skip."""
         for name in (WORKLOADS, RECORDS):
             path = run / name
             if not path.exists():
@@ -185,13 +185,10 @@ class RunFolder:
                 cut = data.rfind(b"\n") + 1
                 warnings.warn(f"{path}: dropped a torn last line (an interrupted write)", TuningLogWarning)
                 path.write_bytes(data[:cut])
-                data = data[:cut]
-            for line in data.splitlines():
-                try:
-                    json.loads(line)
-                except ValueError:
-                    return False
-        return True
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always", TuningLogWarning)
+            _read_run(run, ms.database.MemoryDatabase(), None)
+        return not skipped
 
     def _release(self) -> None:
         if self._fd is not None:
