@@ -67,8 +67,8 @@ def _lines(path: Path) -> Iterator[Tuple[int, int, object]]:
                               TuningLogWarning, stacklevel=3)
 
 
-def _read_run(run: Path, database: ms.database.Database, key: Optional[str]) -> None:
-    """Commit one run folder's valid records for target ``key`` (None: any) into ``database``."""
+def _read_run(run: Path, database: ms.database.Database, key: str) -> None:
+    """Commit one run folder's valid records for target ``key`` into ``database``."""
     workloads: Dict[int, ms.database.Workload] = {}
     for number, index, obj in _lines(run / WORKLOADS):
         try:
@@ -86,7 +86,7 @@ def _read_run(run: Path, database: ms.database.Database, key: Optional[str]) -> 
                           f"{str(err).splitlines()[0][:200] if str(err) else 'bad workload index'})",
                           TuningLogWarning, stacklevel=2)
             continue
-        if key is not None and record.target is not None and target_key(record.target) != key:
+        if record.target is not None and target_key(record.target) != key:
             continue
         if not record.run_secs:
             continue                       # a failed build/run: no measurement to compare
@@ -135,9 +135,15 @@ def best_record(database: ms.database.Database, mod) -> Optional[ms.database.Tun
 
 
 def records_of(database: ms.database.Database, mod) -> List[ms.database.TuningRecord]:
+    """Every measured record of exactly this workload, fastest first."""
     if not database.has_workload(mod):
         return []
     return list(database.get_top_k(database.commit_workload(mod), 1 << 30))
+
+
+def mean_secs(record: ms.database.TuningRecord) -> float:
+    """A record's run time, as MetaSchedule ranks records (the mean of its measurements)."""
+    return sum(map(float, record.run_secs)) / len(record.run_secs)
 
 
 def trace_key(trace) -> str:
@@ -174,8 +180,7 @@ class RunFolder:
         return True
 
     def _healthy(self, run: Path) -> bool:
-        """Adopt a folder only if MetaSchedule's JSONDatabase can load it: drop a torn last line,
-        refuse a folder with any other line the readers above skip."""
+        """Adopt a folder only if MetaSchedule can append to it: drop a torn last line, refuse others."""
         for name in (WORKLOADS, RECORDS):
             path = run / name
             if not path.exists():
@@ -185,10 +190,13 @@ class RunFolder:
                 cut = data.rfind(b"\n") + 1
                 warnings.warn(f"{path}: dropped a torn last line (an interrupted write)", TuningLogWarning)
                 path.write_bytes(data[:cut])
-        with warnings.catch_warnings(record=True) as skipped:
-            warnings.simplefilter("always", TuningLogWarning)
-            _read_run(run, ms.database.MemoryDatabase(), None)
-        return not skipped
+                data = data[:cut]
+            for line in data.splitlines():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return False
+        return True
 
     def _release(self) -> None:
         if self._fd is not None:

@@ -102,17 +102,23 @@ def _runner(target, rpc_tracker: Optional[str], rpc_key: Optional[str], workers:
     return ms.runner.LocalRunner(evaluator_config=evaluator)
 
 
-def _measure(mod, target, builder, runner, args_info) -> List[float]:
-    """Run times of one scheduled module with the tuner's own builder and runner."""
-    (built,) = builder.build([ms.builder.BuilderInput(mod, target)])
-    if built.error_msg:
-        raise RuntimeError(f"building the hand-written schedule failed: {built.error_msg}")
+def _measure(modules, target, builder, runner, args_info, rounds: int = 1):
+    """Mean run time of each scheduled module with the tuner's own builder and runner, the best of
+    ``rounds`` rounds: ``(seconds or None, error or None)`` per module."""
+    built = builder.build([ms.builder.BuilderInput(m, target) for m in modules])
     device = "cpu" if str(target.kind.name) == "llvm" else str(target.kind.name)
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
-    result = future.result()
-    if result.error_msg:
-        raise RuntimeError(f"measuring the hand-written schedule failed: {result.error_msg}")
-    return [float(s) for s in result.run_secs]
+    best = [math.inf] * len(modules)
+    errors = [b.error_msg for b in built]
+    ok = [i for i, b in enumerate(built) if not b.error_msg]
+    for _ in range(rounds):
+        futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, device, args_info) for i in ok])
+        for i, result in zip(ok, (f.result() for f in futures)):
+            if result.error_msg is None and result.run_secs:
+                secs = [float(v) for v in result.run_secs]
+                best[i] = min(best[i], sum(secs) / len(secs))
+            else:
+                errors[i] = errors[i] or result.error_msg
+    return [(b if math.isfinite(b) else None, e) for b, e in zip(best, errors)]
 
 
 def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: int = 64,
@@ -168,14 +174,16 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
         writer = run.database()
         workload = writer.commit_workload(mod)
         if hand_known:
-            hand_secs = [float(s) for s in hand_known[0].run_secs]
+            hand_s = records.mean_secs(hand_known[0])
         else:
             args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            hand_secs = _measure(hand.mod, target, builder, runner, args_info)
-            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, hand_secs, target,
+            ((secs, error),) = _measure([hand.mod], target, builder, runner, args_info)
+            if secs is None:
+                raise RuntimeError(f"measuring the hand-written schedule failed: {error}")
+            hand_s = secs
+            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [secs], target,
                                                                  args_info))
-        hand_s = sum(hand_secs) / len(hand_secs)
-        best_known = min([hand_s] + [sum(map(float, r.run_secs)) / len(r.run_secs) for r in searched])
+        best_known = min([hand_s] + [records.mean_secs(r) for r in searched])
         # distinct schedules: the final check re-commits traces already measured
         remaining = max(0, trials - len({records.trace_key(r.trace) for r in searched}))
         progress = _Progress(remaining, flops, best_known, out)
@@ -199,15 +207,14 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
                                   final_check) or hand_s
         run_dir = run.path
     build.clear_cache()                       # kernels compiled before now may have a better record
-    final = records.records_of(records.load(db_dir, target), mod)
-    best = records.best_record(records.load(db_dir, target), mod)
+    final = records.records_of(records.load(db_dir, target), mod)      # fastest first
     return TuneResult(
         layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
         trials_run=progress.done,
         trials_total=len({records.trace_key(r.trace) for r in final} - {hand_key}),
         hand_ms=hand_s * 1e3,
-        best_ms=(sum(map(float, best.run_secs)) / len(best.run_secs) * 1e3) if best else None,
+        best_ms=records.mean_secs(final[0]) * 1e3 if final else None,
         wall_s=time.perf_counter() - start, history=progress.history)
 
 
@@ -221,7 +228,7 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
     searched = [r for r in records.records_of(records.load(db_dir, target), mod)
                 if records.trace_key(r.trace) != hand_key]
     finalists, seen = [], set()
-    for record in sorted(searched, key=lambda r: sum(map(float, r.run_secs)) / len(r.run_secs)):
+    for record in sorted(searched, key=records.mean_secs):
         key = records.trace_key(record.trace)
         if key not in seen:
             seen.add(key)
@@ -234,21 +241,11 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
         trace.apply_to_schedule(sch, remove_postproc=False)
         modules.append(sch.mod)
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-    built = builder.build([ms.builder.BuilderInput(m, target) for m in modules])
-    device = "cpu" if str(target.kind.name) == "llvm" else str(target.kind.name)
-    best = [math.inf] * len(modules)
-    for _ in range(2):
-        inputs = [ms.runner.RunnerInput(b.artifact_path, device, args_info) for b in built if not b.error_msg]
-        results = [f.result() for f in runner.run(inputs)]
-        ok = [i for i, b in enumerate(built) if not b.error_msg]
-        for i, result in zip(ok, results):
-            if result.error_msg is None and result.run_secs:
-                secs = [float(v) for v in result.run_secs]
-                best[i] = min(best[i], sum(secs) / len(secs))
-    for trace, secs in zip([hand.trace] + finalists, best):
-        if math.isfinite(secs):
+    times = _measure(modules, target, builder, runner, args_info, rounds=2)
+    for trace, (secs, _) in zip([hand.trace] + finalists, times):
+        if secs is not None:
             writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], target, args_info))
-    return best[0] if math.isfinite(best[0]) else None
+    return times[0][0]
 
 
 def tune_many(layers: Sequence[Tuple[object, Sequence[int]]], report: Callable[[TuneResult], None] = None,
