@@ -13,6 +13,14 @@ if "TVM_NUM_THREADS" not in _os.environ:
     except AttributeError:  # pragma: no cover - non-Linux
         _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
 
+# After each parallel job TVM's pool workers spin on sched_yield 300000 times (~0.2 s here) before
+# sleeping; a torch op run in that window shares the cores with them and was measured 2-25x slower
+# (Conv2d(64, 64, 3) on 2 cores: 1.2 ms alone, up to 29 ms right after one of our calls).  2000
+# yields (about a millisecond) still keeps the pool awake across the kernel's own parallel loops and
+# back-to-back calls: our kernels measured the same as with the default, and 0 cost up to 40% on the
+# short depthwise layers (every launch then waits for a woken thread).  Read once, when the pool starts.
+_os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
+
 from .modules import Conv2d, ConvTranspose2d  # noqa: E402
 from .spec import ConvSpec  # noqa: E402
 
