@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, schedule_pad
 
 
 def column_tile(out_width: int):
@@ -53,10 +53,7 @@ class CpuChannelVector(ScheduleRule):
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. Padded input materialised once, in parallel; weights packed channel-vector-last
         # here unless the caller passes them pre-packed (the modules do, once per weight change).
-        if has_block(sch, "pad"):
-            pn, pc, _, pw = sch.get_loops(sch.get_sblock("pad"))
-            sch.parallel(sch.fuse(pn, pc))
-            vectorize_if_wide(sch, pw)
+        schedule_pad(sch, workload)
         weight = next(r.source for r in sch.get(conv).reads if r.source.name == "weight")
         if len(weight.shape) == 4:
             packed = sch.cache_read(conv, 1, "global")

@@ -13,7 +13,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, schedule_pad, vectorize_if_wide
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,8 @@ class CpuDirect(ScheduleRule):
 
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
-        # Step 1. Materialise the padded input once, in parallel, vectorised along rows.
-        if has_block(sch, "pad"):
-            pad = sch.get_sblock("pad")
-            pn, pc, ph, pw = sch.get_loops(pad)
-            sch.parallel(sch.fuse(pn, pc))
-            vectorize_if_wide(sch, pw)
+        # Step 1. Materialise the padded input once, in parallel.
+        schedule_pad(sch, workload)
         # Step 2. Tile output channels and columns; the reduction runs around the register tile.
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
         co_o, co_i = sch.split(co, factors=[None, cfg.co_tile])

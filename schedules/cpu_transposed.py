@@ -11,7 +11,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, has_block, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, has_block, schedule_pad, vectorize_if_wide
 from .cpu_direct import choose_config
 
 
@@ -26,10 +26,7 @@ class CpuTransposed(ScheduleRule):
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
         # Step 0. The zero margins of the input are materialised once, in parallel.
-        if has_block(sch, "pad"):
-            pn, pc, _, pw_ = sch.get_loops(sch.get_sblock("pad"))
-            sch.parallel(sch.fuse(pn, pc))
-            vectorize_if_wide(sch, pw_)
+        schedule_pad(sch, workload)
         if has_block(sch, "weight_pad"):
             sch.parallel(sch.get_loops(sch.get_sblock("weight_pad"))[0])
         n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
