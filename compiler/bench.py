@@ -1,7 +1,8 @@
 """Benchmark: our kernels against torch.nn on real layers, in one process, same thread count.
 
 Each layer is warmed up, then ours and torch's are timed in interleaved rounds (so that frequency or
-load drift hits both alike); the median round is reported.
+load drift hits both alike), each round on idle cores and in rotating order; the median round is
+reported.
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ DEFAULT_SUITE = [
     ("ConvTranspose2d(256, 128, 4, stride=2, padding=1)", (1, 256, 16, 16)),
     ("ConvTranspose2d(128, 64, 2, stride=2)", (1, 128, 64, 64)),
 ]
+
+
+#: Idle time before each timed round.  Both thread pools keep spinning after their last call
+#: (libgomp ~300000 pause loops, several ms on this CPU; TVM's 2000 yields, ~1 ms), which took cores
+#: from whichever side ran next: measured here, whichever side ran second in a round came out 10-40%
+#: slower.  Each round therefore starts on idle cores, and the order rotates from round to round.
+SETTLE_SECONDS = 0.05
 
 
 @dataclass
@@ -98,9 +106,11 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
                 torch.testing.assert_close(best(x), theirs(x), rtol=1e-3, atol=1e-3)
                 contenders["tuned"] = best
         times = {name: [] for name in contenders}
-        for warm in [True] * 3 + [False] * rounds:       # warm all (oneDNN JITs on first calls), then
-            for name, layer in contenders.items():       # interleaved rounds
-                t = _round_time(lambda: layer(x), round_seconds, device)
+        order = list(contenders)
+        for i, warm in enumerate([True] * 3 + [False] * rounds):  # warm all (oneDNN JITs on first
+            for name in order[i % len(order):] + order[:i % len(order)]:  # calls), then interleaved
+                time.sleep(SETTLE_SECONDS)                # rounds, each side first in turn
+                t = _round_time(lambda: contenders[name](x), round_seconds, device)
                 if not warm:
                     times[name].append(t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
