@@ -75,6 +75,23 @@ def test_register_budget():
     assert choose_config(64, 56, 16, 32).co_tile == 16     # AVX-512: 32 registers, half for accumulators
     assert choose_config(64, 56, 8, 16).co_tile == 8       # AVX2: 16 registers
     assert choose_config(3, 56, 16, 32).co_tile == 3
+    assert choose_config(64, 56, 16, 32, depthwise=True).co_tile == 8
+
+
+@pytest.mark.parametrize("layer,shape,deinterleaved", [
+    (compiler.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), (2, 16, 20, 18), True),
+    (compiler.Conv2d(8, 16, 7, stride=2, padding=3, dilation=2, groups=8, padding_mode="reflect"), (1, 8, 30, 24), True),
+    (compiler.Conv2d(8, 8, 5, stride=2, padding=(1, 3), groups=8, bias=False), (1, 8, 15, 17), False),  # odd padded width
+    (compiler.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), (1, 8, 16, 16), False),
+    (compiler.Conv2d(8, 8, 5, stride=3, padding=2, groups=8), (1, 8, 16, 16), False),
+], ids=repr)
+def test_strided_depthwise_reads_columns_by_phase(layer, shape, deinterleaved):
+    assert_matches_torch(layer, torch.randn(*shape))
+    assert layer.schedule == "cpu-direct"
+    spec = layer._spec()
+    mod = build.schedule(spec, shape, "float32", host_target()).mod
+    pad = next(b for b in mod["main"].body.block.alloc_buffers if b.name == "pad")
+    assert (len(pad.shape) == 5) == deinterleaved
 
 
 @pytest.mark.parametrize("layer", [
