@@ -90,6 +90,24 @@ def test_lookup_serves_the_exact_workload_and_matches_torch(tuned_db, tmp_path):
     build.clear_cache()
 
 
+@pytest.mark.parametrize("ratio,tuned", [(0.99, False), (0.90, True)])
+def test_a_record_must_beat_the_hand_schedule_by_the_margin(tuned_db, tmp_path, ratio, tuned):
+    db, _ = tuned_db
+    mod = build.workload_module(SPEC, SHAPE, "float32")
+    hand = build.schedule(SPEC, SHAPE, "float32", host_target())
+    other = next(r for r in _search_records(db) if records.trace_key(r.trace) != records.trace_key(hand.trace))
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    with records.RunFolder(tmp_path / "db") as run:          # just two records: hand, and one other
+        writer = run.database()
+        workload = writer.commit_workload(mod)
+        for trace, secs in ((hand.trace, 1e-3), (other.trace, 1e-3 * ratio)):
+            writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], host_target(),
+                                                                 args_info))
+    assert build.RECORD_MARGIN == 0.03
+    chosen = build.tuned_schedule(SPEC, SHAPE, "float32", host_target(), None, tmp_path / "db")
+    assert (chosen is not None) == tuned
+
+
 def test_environment_variable_points_at_a_database(tuned_db, tmp_path, monkeypatch):
     db, _ = tuned_db
     _db_with_forced_best(db, tmp_path / "db")
