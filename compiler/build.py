@@ -164,6 +164,15 @@ def get_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: T
     return kernel
 
 
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """Bumped by :func:`clear_cache`: per-module dispatch memos made before it are stale."""
+    return _GENERATION[0]
+
+
 def clear_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+        _GENERATION[0] += 1

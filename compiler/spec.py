@@ -161,6 +161,10 @@ class ConvSpec:
             if any(p < 0 for p in self.output_padding):
                 raise RuntimeError("negative output_padding is not supported, got output_padding="
                                    f"{list(self.output_padding)}")
+        rows = self.in_channels if self.transposed else self.out_channels     # the weight's dimension 0
+        if rows % self.groups:
+            raise RuntimeError(f"Given groups={self.groups}, expected weight to be divisible by {self.groups} "
+                               f"at dimension 0, but got weight of size [{list(self.weight_shape)}] instead")
         if self.out_channels == 0 or (self.transposed and self.in_channels == 0):
             raise RuntimeError(f"Given groups={self.groups}, expected weight to be at least 1 at "
                                f"dimension 0, but got weight of size {list(self.weight_shape)} instead")
@@ -243,7 +247,7 @@ class ConvSpec:
         for size, lo, hi in zip(output_size, min_sizes, max_sizes):
             if size < lo or size > hi:
                 raise ValueError(f"requested an output size of {output_size}, but valid sizes range from "
-                                 f"{min_sizes} to {max_sizes} (for an input of {spatial})")
+                                 f"{min_sizes} to {max_sizes} (for an input of torch.Size({spatial}))")
         return tuple(size - lo for size, lo in zip(output_size, min_sizes))
 
     @property

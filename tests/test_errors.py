@@ -46,7 +46,7 @@ FORWARD = [  # (class, args, kwargs, input shape, forward kwargs, needle)
     ("Conv2d", (4, 4, 3), dict(padding=(1, -1)), (1, 4, 8, 8), {}, "-1"),
     ("Conv2d", (4, 4, 3), dict(dilation=0), (1, 4, 8, 8), {}, "0"),
     ("Conv2d", (4, 4, 0), {}, (1, 4, 8, 8), {}, "0"),
-    ("Conv2d", (4, 4, (3, 3, 3)), {}, (1, 4, 8, 8), {}, "[3, 3, 3]"),
+    ("Conv2d", (4, 4, (3, 3, 3)), {}, (1, 4, 8, 8), {}, "a list of 3 values to match the convolution dimensions"),  # torch words it by stride
     ("Conv2d", (4, 4, 3), dict(padding=(1, 1, 1)), (1, 4, 8, 8), {}, "[1, 1, 1]"),
     ("Conv2d", (4, 0, 3), {}, (1, 4, 8, 8), {}, "[0, 4, 3, 3]"),
     ("ConvTranspose2d", (4, 4, 3), dict(stride=2, output_padding=2), (1, 4, 8, 8), {}, "output_padding_height: 2"),

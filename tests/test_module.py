@@ -107,3 +107,66 @@ def test_non_contiguous_input():
 def test_outputs_do_not_track_gradients():
     y = compiler.Conv2d(3, 4, 3)(torch.randn(1, 3, 5, 5, requires_grad=True))
     assert not y.requires_grad
+
+
+def test_attribute_changes_after_a_call_are_seen():
+    # the per-module dispatch memo is keyed by the layer as its attributes say at each call
+    m = compiler.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 9, 9)
+    assert m(x).shape == (1, 4, 7, 7)
+    m.stride, m.padding = (2, 2), (1, 1)
+    theirs = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    theirs.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x), theirs(x))
+    m.groups = 2                                  # now inconsistent with the weight: torch's error
+    with pytest.raises(RuntimeError, match="to have 6 channels, but got 3"):
+        m(x)
+
+
+def _replace_weight(module, shape):
+    module.weight = torch.nn.Parameter(torch.randn(*shape))
+    return module
+
+
+@pytest.mark.parametrize("make,shape,forward_kwargs", [
+    # torch's forward takes channels and kernel size from the weight, not from the attributes
+    (lambda nn: _replace_weight(nn.Conv2d(3, 4, 3), (4, 3, 5, 5)), (1, 3, 9, 9), {}),
+    (lambda nn: _replace_weight(nn.Conv2d(3, 4, 3, bias=False), (6, 1, 3, 3)), (1, 3, 9, 9), {}),
+    (lambda nn: _replace_weight(nn.Conv2d(3, 4, 3), (6, 3, 5, 5)), (1, 3, 9, 9), {}),        # bias of 4
+    (lambda nn: _replace_weight(nn.Conv2d(3, 4, 3), (4, 3, 5)), (1, 3, 9, 9), {}),           # 3-D weight
+    (lambda nn: _replace_weight(nn.ConvTranspose2d(3, 4, 3), (3, 4, 5, 5)), (1, 3, 9, 9), {}),
+    (lambda nn: _replace_weight(nn.ConvTranspose2d(3, 4, 3), (3, 2, 3, 3)), (1, 3, 9, 9), {}),  # bias
+    (lambda nn: _replace_weight(nn.ConvTranspose2d(3, 4, 3, stride=2), (3, 4, 5, 5)), (1, 3, 9, 9),
+     {"output_size": [19, 19]}),                  # sized with the kernel_size attribute (3)...
+    (lambda nn: _replace_weight(nn.ConvTranspose2d(3, 4, 3, stride=2), (3, 4, 5, 5)), (1, 3, 9, 9),
+     {"output_size": [21, 21]}),                  # ...so 21 is out of range, though the weight is 5x5
+    (lambda nn: setattr(m := nn.Conv2d(4, 3, 3), "groups", 2) or m, (1, 4, 9, 9), {}),       # 3 % 2
+])
+def test_forward_follows_the_weight_tensor(make, shape, forward_kwargs):
+    torch.manual_seed(0)
+    theirs = make(torch.nn)
+    torch.manual_seed(0)
+    ours = make(compiler)
+    x = torch.randn(*shape)
+    try:
+        expected = theirs(x, **forward_kwargs)
+    except Exception as err:                      # noqa: BLE001 - whatever torch raises, we raise
+        with pytest.raises(type(err)) as ours_err:
+            ours(x, **forward_kwargs)
+        assert str(ours_err.value).splitlines()[0] == str(err).splitlines()[0]
+        return
+    torch.testing.assert_close(ours(x, **forward_kwargs), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_called_module_pickles_and_deepcopies(tmp_path):
+    import copy
+    m = compiler.ConvTranspose2d(4, 6, 3, stride=2)
+    x = torch.randn(1, 4, 5, 5)
+    y = m(x)
+    torch.save(m, tmp_path / "m.pt")              # the whole module, not just its state_dict
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert loaded.kernel is None                  # compiled kernels stay with the process
+    torch.testing.assert_close(loaded(x), y, rtol=0, atol=0)
+    twin = copy.deepcopy(m)
+    torch.testing.assert_close(twin(x), y, rtol=0, atol=0)
+    assert m.kernel is not None                   # the original keeps its own
