@@ -1,6 +1,6 @@
 """Command line.
 
-``python -m compiler bench [--csv F] [--json F] [--layer L --input-shape N,C,H,W]``
+``python -m compiler bench [--csv F] [--json F] [--layer L --input-shape N,C,H,W | --layers-file F]``
 ``python -m compiler tune (--layer L --input-shape N,C,H,W | --layers-file F | --suite) [--target T]
                           [--trials N] [--work-dir DIR] [--rpc-tracker HOST:PORT --rpc-key KEY]``
 ``python -m compiler build --layer L --input-shape N,C,H,W [--target T] --out DIR``
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="benchmark against torch.nn (default suite, or one layer)")
     bench.add_argument("--layer", help='e.g. "Conv2d(64, 64, 3, padding=1)"')
     bench.add_argument("--input-shape", type=_shape, help="N,C,H,W")
+    bench.add_argument("--layers-file", help="one 'LAYER ; N,C,H,W' per line, instead of the suite")
     bench.add_argument("--threads", type=int, help="threads for both sides (default: TVM_NUM_THREADS)")
     bench.add_argument("--no-tuned", action="store_true", help="skip the tuned column")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     if args.command == "bench":
         from . import bench as bench_mod
         suite = bench_mod.DEFAULT_SUITE
-        if args.layer or args.input_shape:
+        if args.layer or args.input_shape or args.layers_file:
             suite = _layers(parser, args)
         bench_mod.run(suite, threads=args.threads, csv_path=args.csv, json_path=args.json,
                       tuned=not args.no_tuned, device=args.device)

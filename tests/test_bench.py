@@ -41,3 +41,13 @@ def test_default_suite_layers_parse_and_match_their_inputs():
     for text, shape in bench.DEFAULT_SUITE:
         layer = parse_layer(text)
         layer._spec().output_shape(shape)
+
+
+def test_bench_cli_takes_a_layers_file(tmp_path, capsys):
+    layers = tmp_path / "layers.txt"
+    layers.write_text("# two layers\nConv2d(4, 8, 3) ; 1,4,10,10\nConvTranspose2d(4, 4, 2, stride=2) ; 1,4,6,6\n")
+    json_path = tmp_path / "b.json"
+    main(["bench", "--layers-file", str(layers), "--no-tuned", "--json", str(json_path)])
+    rows = json.loads(json_path.read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["Conv2d(4, 8, 3)", "ConvTranspose2d(4, 4, 2, stride=2)"]
+    assert "geometric-mean speedup" in capsys.readouterr().out
