@@ -102,7 +102,7 @@ def tuned_schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, outp
     the best is the hand-written schedule itself (the hand path packs weights once instead), or when
     it beats the hand schedule's record by less than ``RECORD_MARGIN``."""
     mod = workload_module(spec, input_shape, dtype, output_padding)
-    ranked = records.records_of(records.load(database_dir, target), mod)     # fastest first
+    ranked = records.records_of(records.load(database_dir, target, workload_hash(mod)), mod)  # fastest first
     if not ranked:
         return None
     record = ranked[0]

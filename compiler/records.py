@@ -50,16 +50,19 @@ def _run_dirs(db_dir: Path) -> List[Path]:
     return sorted(p.parent for p in db_dir.glob(f"*/{WORKLOADS}"))
 
 
-def _lines(path: Path) -> Iterator[Tuple[int, int, object]]:
+def _lines(path: Path, workloads=None) -> Iterator[Tuple[int, int, object]]:
     """(line number, index, parsed JSON) of each well-formed line; warns about the others.
 
     ``index`` counts every non-empty line, well-formed or not: it is the position MetaSchedule's
     records use to name their workload, so a skipped line must not shift the lines after it.
+    ``workloads``: read only record lines naming one of these workload indices.
     """
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         for index, (number, line) in enumerate((n, line) for n, line in enumerate(f, 1) if line.strip()):
+            if workloads is not None and _record_index(line) not in workloads | {None}:
+                continue                 # another workload's record (unreadable lines still warn)
             try:
                 yield number, index, json.loads(line)
             except ValueError as err:
@@ -67,17 +70,30 @@ def _lines(path: Path) -> Iterator[Tuple[int, int, object]]:
                               TuningLogWarning, stacklevel=3)
 
 
-def _read_run(run: Path, database: ms.database.Database, key: str) -> None:
-    """Commit one run folder's valid records for target ``key`` into ``database``."""
+def _record_index(line: str) -> Optional[int]:
+    """The workload index a record line starts with (``[7, [...``), without parsing the rest."""
+    line = line.lstrip()
+    head = line[1:line.find(",")] if line.startswith("[") else ""
+    return int(head) if head.strip().isdigit() else None
+
+
+def _read_run(run: Path, database: ms.database.Database, key: str,
+              workload_hash: Optional[str] = None) -> None:
+    """Commit one run folder's valid records for target ``key`` into ``database`` (only those of
+    the workload whose structural hash is ``workload_hash``, when given: parsing a record's trace
+    costs ~5 ms, so a lookup reads its own workload's records, not the whole folder's)."""
     workloads: Dict[int, ms.database.Workload] = {}
     for number, index, obj in _lines(run / WORKLOADS):
+        if workload_hash is not None and not (isinstance(obj, list) and obj and str(obj[0]) == workload_hash):
+            continue
         try:
             workloads[index] = database.commit_workload(ms.database.Workload.from_json(obj).mod)
         except Exception as err:  # noqa: BLE001 - TVM raises a variety of errors on foreign IR
             warnings.warn(f"{run / WORKLOADS}:{number}: skipped workload, unreadable by this TVM "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
                           TuningLogWarning, stacklevel=2)
-    for number, _, obj in _lines(run / RECORDS):
+    wanted = None if workload_hash is None else set(workloads)
+    for number, _, obj in _lines(run / RECORDS, wanted):
         try:
             index, record_json = obj
             record = ms.database.TuningRecord.from_json(record_json, workloads[index])
@@ -110,10 +126,11 @@ def _stamp(db_dir: Path) -> tuple:
     return tuple(stamp)
 
 
-def load(db_dir: Path, target: Target) -> ms.database.Database:
-    """Every valid record of ``db_dir`` for ``target``, merged in memory (cached until a file changes)."""
+def load(db_dir: Path, target: Target, workload_hash: Optional[str] = None) -> ms.database.Database:
+    """Every valid record of ``db_dir`` for ``target`` (of one workload, given its structural hash),
+    merged in memory (cached until a file changes)."""
     key = target_key(target)
-    cache_key = f"{Path(db_dir).resolve()}|{key}"
+    cache_key = f"{Path(db_dir).resolve()}|{key}|{workload_hash}"
     stamp = _stamp(Path(db_dir))
     with _LOADED_LOCK:
         hit = _LOADED.get(cache_key)
@@ -121,7 +138,7 @@ def load(db_dir: Path, target: Target) -> ms.database.Database:
             return hit[1]
         database = ms.database.MemoryDatabase()
         for run in _run_dirs(Path(db_dir)):
-            _read_run(run, database, key)
+            _read_run(run, database, key, workload_hash)
         _LOADED[cache_key] = (stamp, database)
         return database
 
