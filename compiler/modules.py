@@ -178,7 +178,6 @@ class _ConvBase(nn.Module):
         hit = memo.get(key)
         if hit is None:
             out_shape = spec.output_shape(tuple(x.shape), output_padding)   # raises torch's errors
-            self._check_bias(spec)
             kernel = None                   # nothing to compute: no kernel for empty outputs
             if x.shape[0] != 0 and 0 not in out_shape:
                 kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
@@ -193,6 +192,7 @@ class _ConvBase(nn.Module):
         batched = input.dim() == 4
         x = input if batched else input.unsqueeze(0)
         out_shape, kernel = self._dispatch(spec, x, output_padding)
+        self._check_bias(spec)          # every call: the bias is not in the memo's key
         y = x.new_empty(out_shape)
         if kernel is not None:
             args = [x.detach().contiguous(), self._kernel_weight(kernel)]

@@ -123,6 +123,20 @@ def test_attribute_changes_after_a_call_are_seen():
         m(x)
 
 
+def test_a_bias_replaced_after_a_call_is_checked():
+    m = compiler.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 9, 9)
+    m(x)                                          # the dispatch for this shape is memoised now
+    m.bias = torch.nn.Parameter(torch.randn(5))
+    theirs = torch.nn.Conv2d(3, 4, 3)
+    theirs.bias = torch.nn.Parameter(torch.randn(5))
+    with pytest.raises(RuntimeError) as expected:
+        theirs(x)
+    with pytest.raises(RuntimeError) as ours:
+        m(x)
+    assert str(ours.value) == str(expected.value).splitlines()[0]
+
+
 def _replace_weight(module, shape):
     module.weight = torch.nn.Parameter(torch.randn(*shape))
     return module
