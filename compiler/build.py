@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tvm
-import tvm_ffi
 from tvm import s_tir, te
 from tvm.target import Target
 
@@ -85,9 +84,7 @@ def workload_module(spec: ConvSpec, input_shape, dtype: str, output_padding=None
     return tvm.IRModule({"main": prim_func(spec, input_shape, dtype, output_padding)})
 
 
-def workload_hash(mod: tvm.IRModule) -> str:
-    """MetaSchedule's workload key: the structural hash, as database_workload.json writes it."""
-    return str(tvm_ffi.structural_hash(mod))
+workload_hash = records.workload_hash
 
 
 #: A record replaces the hand-written schedule only when it measured at least this much faster than
@@ -102,7 +99,7 @@ def tuned_schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, outp
     the best is the hand-written schedule itself (the hand path packs weights once instead), or when
     it beats the hand schedule's record by less than ``RECORD_MARGIN``."""
     mod = workload_module(spec, input_shape, dtype, output_padding)
-    ranked = records.records_of(records.load(database_dir, target, workload_hash(mod)), mod)  # fastest first
+    ranked = records.workload_records(database_dir, target, mod)        # fastest first
     if not ranked:
         return None
     record = ranked[0]

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -61,8 +62,10 @@ def _lines(path: Path, workloads=None) -> Iterator[Tuple[int, int, object]]:
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         for index, (number, line) in enumerate((n, line) for n, line in enumerate(f, 1) if line.strip()):
-            if workloads is not None and _record_index(line) not in workloads | {None}:
-                continue                 # another workload's record (unreadable lines still warn)
+            if workloads is not None:
+                owner = _record_index(line)
+                if owner is not None and owner not in workloads:
+                    continue             # another workload's record (unreadable lines still warn)
             try:
                 yield number, index, json.loads(line)
             except ValueError as err:
@@ -143,12 +146,15 @@ def load(db_dir: Path, target: Target, workload_hash: Optional[str] = None) -> m
         return database
 
 
-def best_record(database: ms.database.Database, mod) -> Optional[ms.database.TuningRecord]:
-    """The fastest measured record of exactly this workload (structural match), or None."""
-    if not database.has_workload(mod):
-        return None
-    top = database.get_top_k(database.commit_workload(mod), 1)
-    return top[0] if top else None
+def workload_hash(mod) -> str:
+    """MetaSchedule's workload key: the structural hash, as database_workload.json writes it."""
+    return str(tvm_ffi.structural_hash(mod))
+
+
+def workload_records(db_dir: Path, target: Target, mod) -> List[ms.database.TuningRecord]:
+    """Every measured record of exactly the workload ``mod`` in ``db_dir``, fastest first, reading
+    only that workload's lines."""
+    return records_of(load(db_dir, target, workload_hash(mod)), mod)
 
 
 def records_of(database: ms.database.Database, mod) -> List[ms.database.TuningRecord]:

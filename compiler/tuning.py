@@ -167,7 +167,7 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
     flops = spec.flops_for_input(shape)
     # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
     builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120)
-    known = records.records_of(records.load(db_dir, target), mod)
+    known = records.workload_records(db_dir, target, mod)
     searched = [r for r in known if records.trace_key(r.trace) != hand_key]
     hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
     with records.RunFolder(db_dir) as run:
@@ -207,7 +207,7 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
                                   final_check) or hand_s
         run_dir = run.path
     build.clear_cache()                       # kernels compiled before now may have a better record
-    final = records.records_of(records.load(db_dir, target), mod)      # fastest first
+    final = records.workload_records(db_dir, target, mod)      # fastest first
     return TuneResult(
         layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
@@ -225,7 +225,7 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
     Measurements only err upwards (another process on the cores, a cold cache), and records made
     at different moments of a long search are not comparable; this puts the finalists on one footing
     so the database's best really is the fastest, and never slower than the hand schedule."""
-    searched = [r for r in records.records_of(records.load(db_dir, target), mod)
+    searched = [r for r in records.workload_records(db_dir, target, mod)
                 if records.trace_key(r.trace) != hand_key]
     finalists, seen = [], set()
     for record in sorted(searched, key=records.mean_secs):
