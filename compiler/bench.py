@@ -135,8 +135,15 @@ def run(suite=DEFAULT_SUITE, threads: Optional[int] = None, csv_path=None, json_
     import os
     threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
+    if device == "cuda":
+        # Ours compute in float32; cuDNN's default for float32 convolutions is TF32 (10-bit
+        # mantissas on the tensor cores), a different and less exact computation.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     peak = measure_peak_gflops(device=device)
-    print_fn(f"threads: {threads} (torch and TVM)   peak FP32 (large torch GEMM): {peak:.1f} GFLOP/s")
+    where = f"threads: {threads} (torch and TVM)" if device == "cpu" else \
+        f"GPU: {torch.cuda.get_device_name()} (cuDNN in float32, TF32 off)"
+    print_fn(f"{where}   peak FP32 (large torch GEMM): {peak:.1f} GFLOP/s")
     header = f"{'layer':54s} {'input':>14s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} " \
              f"{'GFLOP/s':>8s} {'% peak':>7s} {'compile s':>9s} {'tuned ms':>9s} {'speedup':>8s}  schedule"
     print_fn(header)

@@ -24,6 +24,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from targets import TargetLike, resolve
 from targets.cpu import usable_cores
+from targets.cuda import local_arch
 
 from . import build, records
 from .layers import batched_shape, spec_of
@@ -96,9 +97,13 @@ def _runner(target, rpc_tracker: Optional[str], rpc_key: Optional[str], workers:
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key,
                                      session_timeout_sec=60)
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=workers)
-    if str(target.kind.name) != "llvm":
-        raise ValueError(f"measuring on {target.kind.name} needs a device: pass rpc_tracker/rpc_key "
-                         "(a build machine without a GPU tunes through TVM's RPC tracker)")
+    kind = str(target.kind.name)
+    if kind == "cuda" and local_arch() == str(target.attrs.get("arch")):
+        return ms.runner.LocalRunner(evaluator_config=evaluator)      # this machine has that GPU
+    if kind != "llvm":
+        raise ValueError(f"measuring on {kind} {target.attrs.get('arch', '')} needs a device of that kind: run on "
+                         "a machine with one, or pass rpc_tracker/rpc_key (a build machine without a GPU "
+                         "tunes through TVM's RPC tracker)")
     return ms.runner.LocalRunner(evaluator_config=evaluator)
 
 

@@ -104,15 +104,22 @@ class CudaDirect(ScheduleRule):
         h_b, h_t = sch.split(h, factors=[None, tile.h_t])
         w_b, w_t, w_i = sch.split(w, factors=[None, tile.w_t, tile.w_i])
         rc_o, rc_i = sch.split(rc, factors=[None, tile.rc_i])
-        sch.reorder(n, *phases, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
-        bx = sch.fuse(n, *phases, co_b, h_b, w_b)
+        sch.reorder(*phases, n, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
+        bx = sch.fuse(n, co_b, h_b, w_b)
         tx = sch.fuse(co_t, h_t, w_t)
         sch.bind(bx, "blockIdx.x")
+        # The transposed form's phases get grid axes of their own: fused into blockIdx.x, TVM's
+        # region analysis mis-derived the weight taps a phase stages ((pw + 1) % 2 of a fused index
+        # came out as pw) and the kernel read unstaged shared memory.
+        for phase, axis in zip(phases, ("blockIdx.y", "blockIdx.z")):
+            sch.bind(phase, axis)
         sch.bind(tx, "threadIdx.x")
         # Step 3. Stage each reduction chunk cooperatively.
         for cached in (input_shared, weight_shared):
             sch.compute_at(cached, rc_o)
-            own = sch.get_loops(cached)[3:]          # below blockIdx, threadIdx and rc_o
+            own = sch.get_loops(cached)[3 + len(phases):]     # below the grid, threadIdx and rc_o
+            if not own:                              # a one-element window has no loops of its own
+                own = [sch.add_unit_loop(cached)]
             fused = sch.fuse(*own) if len(own) > 1 else own[0]
             _, ftx = sch.split(fused, factors=[None, threads])
             sch.bind(ftx, "threadIdx.x")

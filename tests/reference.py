@@ -27,7 +27,8 @@ def torch_twin(ours: torch.nn.Module, **overrides) -> torch.nn.Module:
     args = dict(in_channels=ours.in_channels, out_channels=ours.out_channels,
                 kernel_size=ours.kernel_size, stride=ours.stride, padding=ours.padding,
                 dilation=ours.dilation, groups=ours.groups, bias=ours.bias is not None,
-                padding_mode=ours.padding_mode, dtype=ours.weight.dtype)
+                padding_mode=ours.padding_mode, dtype=ours.weight.dtype,
+                device=ours.weight.device)
     if ours.transposed:
         args["output_padding"] = ours.output_padding
     args.update(overrides)
@@ -47,9 +48,15 @@ def _float64(module: torch.nn.Module, absolute: bool) -> torch.nn.Module:
 
 def assert_matches_torch(ours: torch.nn.Module, x: torch.Tensor, **forward_kwargs) -> torch.Tensor:
     """Run ``ours`` and its torch twin on ``x``; check shape, dtype and values within the dtype's bound."""
-    ref = torch_twin(ours)
     with torch.no_grad():
         y = ours(x, **forward_kwargs)
+    return assert_output_matches(ours, x, y, **forward_kwargs)
+
+
+def assert_output_matches(ours: torch.nn.Module, x: torch.Tensor, y, **forward_kwargs) -> torch.Tensor:
+    """Check ``y``, computed for ``ours`` on ``x`` by any kernel of ours, against the torch twin."""
+    ref = torch_twin(ours)
+    with torch.no_grad():
         expected_meta = ref(x, **forward_kwargs)            # torch in the layer's own dtype
         exact = _float64(ref, False)(x.double(), **forward_kwargs)
         magnitude = _float64(ref, True)(x.double().abs(), **forward_kwargs)

@@ -3,6 +3,7 @@ for sm_80 and sm_90 here (no GPU needed); on a machine with an NVIDIA GPU the mo
 import pytest
 import torch
 import tvm
+from hypothesis import HealthCheck, given, settings
 
 import compiler
 from compiler import build, cuda_binary
@@ -10,6 +11,7 @@ from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 from schedules.gpu_verify import passes_gpu_verification
 from targets import PRESETS, preset, resolve, target_key
+from test_random_configs import conv2d_cases, conv_transpose2d_cases
 
 VARIANTS = {
     "dense3x3": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 28, 28)),
@@ -115,3 +117,36 @@ def test_metaschedule_cuda_space_works_on_the_same_expressions():
         sch_rules="cuda", postprocs="cuda", mutator_probs="cuda"), task_name="conv")
     spaces = ctx.generate_design_space()
     assert spaces and all("threadIdx" in str(s.trace) or "thread" in s.mod.script() for s in spaces)
+
+
+@needs_gpu
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv2d_cases())
+def test_random_conv2d_on_the_gpu(case):
+    args, kw, shape = case
+    assert_matches_torch(compiler.Conv2d(*args, **kw, device="cuda"), torch.randn(*shape, device="cuda"))
+
+
+@needs_gpu
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_transpose2d_cases())
+def test_random_conv_transpose2d_on_the_gpu(case):
+    args, kw, shape = case
+    assert_matches_torch(compiler.ConvTranspose2d(*args, **kw, device="cuda"),
+                         torch.randn(*shape, device="cuda"))
+
+
+@needs_gpu
+def test_tuning_measures_on_the_local_gpu(tmp_path):
+    from compiler import records
+    from compiler.tuning import tune
+    spec, shape = VARIANTS["grouped"]
+    target = resolve("cuda")
+    result = tune(spec, shape, target=target, trials=4, trials_per_iter=4, work_dir=tmp_path / "db",
+                  final_check=1, population=16)
+    assert result.trials_run == 4 and result.hand_ms > 0 and result.target_key == target_key(target)
+    m = compiler.Conv2d(**spec.constructor_args(), device="cuda")
+    m.tuning_database = tmp_path / "db"
+    assert_matches_torch(m, torch.randn(*shape, device="cuda"))
+    tuned = f"tuned:{records.workload_hash(build.workload_module(spec, shape, 'float32'))}"
+    assert m.schedule in ("cuda-direct", tuned)

@@ -1,0 +1,40 @@
+"""Run a CUDA-scheduled kernel on the CPU, to check its numbers where there is no GPU.
+
+The scheduled TIR (after every schedule primitive, so with the regions TVM derived for the shared
+memory stages) is kept as it is, except that each thread binding becomes a serial loop and shared
+and local buffers become ordinary ones.  Every (block, thread) pair then runs in turn: each thread
+stages its block's whole shared window itself before its own multiply-adds, which is what the
+block's threads do together between two barriers.  So a wrong staged region, a wrong tap index or
+a wrong tile split shows up as wrong numbers here; races and missing barriers do not (TVM inserts
+the barriers itself, and those need a GPU to observe).
+"""
+from __future__ import annotations
+
+import re
+
+import tvm
+from tvm.target import Target
+
+from compiler import build
+from compiler.spec import ConvSpec
+from targets import host_target
+
+_THREAD_LOOP = re.compile(r'T\.thread_binding\(([^()]*?), thread="[^"]+"\)')
+_GPU_SCOPE = re.compile(r', scope="(shared|shared\.dyn|local)"')
+
+
+def serialised(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with thread bindings as serial loops and GPU memory scopes as global memory."""
+    text = mod.script()
+    if "T.thread_binding" not in text:
+        raise ValueError("the module is not bound to GPU threads")
+    return tvm.script.from_source(_GPU_SCOPE.sub("", _THREAD_LOOP.sub(r"T.serial(\1)", text)))
+
+
+def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None):
+    """The hand-written CUDA schedule for ``gpu``, compiled for the host CPU: (rule name, function
+    taking ``(input, weight, [bias,] output)`` as the GPU kernel does)."""
+    scheduled = build.schedule(spec, input_shape, dtype, gpu, output_padding)
+    if scheduled.weight_block:
+        raise ValueError("GPU schedules take torch-layout weights")
+    return scheduled.rule, tvm.compile(serialised(scheduled.mod), target=host_target())[build.ENTRY]
