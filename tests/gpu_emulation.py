@@ -6,7 +6,8 @@ and local buffers become ordinary ones.  Every (block, thread) pair then runs in
 stages its block's whole shared window itself before its own multiply-adds, which is what the
 block's threads do together between two barriers.  So a wrong staged region, a wrong tap index or
 a wrong tile split shows up as wrong numbers here; races and missing barriers do not (TVM inserts
-the barriers itself, and those need a GPU to observe).
+the barriers itself, and those need a GPU to observe), nor does MetaSchedule's software pipelining,
+which is dropped.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from compiler import build
 from compiler.spec import ConvSpec
 from targets import host_target
 
-_THREAD_LOOP = re.compile(r'T\.thread_binding\(([^()]*?), thread="[^"]+"\)')
+_THREAD_LOOP = re.compile(r'T\.thread_binding\(([^()]*?), thread="[^"]+"')   # annotations may follow
 _GPU_SCOPE = re.compile(r', scope="(shared|shared\.dyn|local)"')
+# MetaSchedule's software pipelining (async copies into shared memory) reorders the stages of a
+# loop without changing what it computes, and lowers to GPU-only intrinsics: dropped here.
+_PIPELINE = re.compile(r', annotations=\{[^{}]*"software_pipeline[^{}]*\}')
 
 
 def serialised(mod: tvm.IRModule) -> tvm.IRModule:
@@ -28,7 +32,8 @@ def serialised(mod: tvm.IRModule) -> tvm.IRModule:
     text = mod.script()
     if "T.thread_binding" not in text:
         raise ValueError("the module is not bound to GPU threads")
-    return tvm.script.from_source(_GPU_SCOPE.sub("", _THREAD_LOOP.sub(r"T.serial(\1)", text)))
+    text = _PIPELINE.sub("", _GPU_SCOPE.sub("", _THREAD_LOOP.sub(r"T.serial(\1", text)))
+    return tvm.script.from_source(text)
 
 
 def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None):

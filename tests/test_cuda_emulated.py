@@ -81,3 +81,42 @@ def test_cuda_schedule_random_conv2d(case):
 def test_cuda_schedule_random_conv_transpose2d(case):
     args, kw, shape = case
     _check(_spec(args, kw, True), shape, "float32", "sm_90")
+
+
+def _shipped_cuda_records():
+    """(arch, layer, input shape) of every benchmark-suite layer a shipped CUDA record serves."""
+    from compiler import build, records
+    from compiler.bench import DEFAULT_SUITE
+    from compiler.layers import batched_shape, spec_of
+    cases = []
+    for folder in sorted(records.SHIPPED.glob("cuda-sm_*")):
+        target = resolve(f"cuda/{folder.name[len('cuda-'):]}")
+        for text, shape in DEFAULT_SUITE:
+            spec, shape = spec_of(text), batched_shape(shape)
+            op = spec.output_padding if spec.transposed else None
+            if build.tuned_schedule(spec, shape, "float32", target, op, folder) is not None:
+                cases.append((str(target.attrs["arch"]), text, shape))
+    return cases
+
+
+@pytest.mark.parametrize("arch,layer,shape", _shipped_cuda_records(), ids=str)
+def test_shipped_cuda_records_compute_torchs_numbers(arch, layer, shape):
+    """Records tuned on a GPU are replayed here (another host, another TVM process): their kernels
+    compute torch's numbers, and nvcc compiles them for the arch they were tuned on."""
+    import tvm
+    from compiler import build, cuda_binary, records
+    from compiler.layers import parse_layer
+    from gpu_emulation import serialised
+    from targets import host_target
+    target = resolve(f"cuda/{arch}")
+    m = parse_layer(layer)
+    spec = m._spec()
+    op = spec.output_padding if spec.transposed else None
+    tuned = build.tuned_schedule(spec, shape, "float32", target, op, records.database_dir(target))
+    source = cuda_binary.device_source(tvm.compile(tuned.mod, target=target))
+    assert arch.encode() in cuda_binary.compile_device_code(source, target, "fatbin")
+    x = torch.randn(*shape)
+    y = x.new_empty(spec.output_shape(shape, op))
+    kernel = tvm.compile(serialised(tuned.mod), target=host_target())["main"]
+    kernel(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
+    assert_output_matches(m, x, y)
