@@ -6,6 +6,7 @@ reported.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -135,11 +136,26 @@ def run(suite=DEFAULT_SUITE, threads: Optional[int] = None, csv_path=None, json_
     import os
     threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
-    if device == "cuda":
-        # Ours compute in float32; cuDNN's default for float32 convolutions is TF32 (10-bit
-        # mantissas on the tensor cores), a different and less exact computation.
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with _float32_on_the_gpu(device):
+        return _run(suite, threads, csv_path, json_path, print_fn, tuned, device)
+
+
+@contextlib.contextmanager
+def _float32_on_the_gpu(device: str):
+    """Ours compute in float32; cuDNN's default for float32 convolutions is TF32 (10-bit mantissas
+    on the tensor cores), a different and less exact computation: off while benchmarking."""
+    if device != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run(suite, threads, csv_path, json_path, print_fn, tuned, device) -> List[Row]:
     peak = measure_peak_gflops(device=device)
     where = f"threads: {threads} (torch and TVM)" if device == "cpu" else \
         f"GPU: {torch.cuda.get_device_name()} (cuDNN in float32, TF32 off)"

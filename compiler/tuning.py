@@ -98,13 +98,11 @@ def _runner(target, rpc_tracker: Optional[str], rpc_key: Optional[str], workers:
                                      session_timeout_sec=60)
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=workers)
     kind = str(target.kind.name)
-    if kind == "cuda" and local_arch() == str(target.attrs.get("arch")):
-        return ms.runner.LocalRunner(evaluator_config=evaluator)      # this machine has that GPU
-    if kind != "llvm":
-        raise ValueError(f"measuring on {kind} {target.attrs.get('arch', '')} needs a device of that kind: run on "
-                         "a machine with one, or pass rpc_tracker/rpc_key (a build machine without a GPU "
-                         "tunes through TVM's RPC tracker)")
-    return ms.runner.LocalRunner(evaluator_config=evaluator)
+    if kind == "llvm" or (kind == "cuda" and local_arch() == str(target.attrs.get("arch"))):
+        return ms.runner.LocalRunner(evaluator_config=evaluator)      # this CPU, or this machine's GPU
+    raise ValueError(f"measuring on {kind} {target.attrs.get('arch', '')} needs a device of that kind: run on "
+                     "a machine with one, or pass rpc_tracker/rpc_key (a build machine without a GPU "
+                     "tunes through TVM's RPC tracker)")
 
 
 def _measure(modules, target, builder, runner, args_info, rounds: int = 1):

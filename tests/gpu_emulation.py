@@ -36,10 +36,16 @@ def serialised(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.script.from_source(text)
 
 
+def compile_serialised(mod: tvm.IRModule):
+    """A CUDA-scheduled module's entry, compiled for the host CPU: it takes ``(input, weight,
+    [bias,] output)`` as the GPU kernel does."""
+    (entry,) = [gv.name_hint for gv in mod.get_global_vars()]
+    return tvm.compile(serialised(mod), target=host_target())[entry]
+
+
 def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None):
-    """The hand-written CUDA schedule for ``gpu``, compiled for the host CPU: (rule name, function
-    taking ``(input, weight, [bias,] output)`` as the GPU kernel does)."""
+    """The hand-written CUDA schedule for ``gpu``, compiled for the host CPU: (rule name, function)."""
     scheduled = build.schedule(spec, input_shape, dtype, gpu, output_padding)
     if scheduled.weight_block:
         raise ValueError("GPU schedules take torch-layout weights")
-    return scheduled.rule, tvm.compile(serialised(scheduled.mod), target=host_target())[build.ENTRY]
+    return scheduled.rule, compile_serialised(scheduled.mod)

@@ -39,16 +39,20 @@ def _module(spec: ConvSpec, dtype: str):
     return cls(**spec.constructor_args(), dtype=TORCH_DTYPE[dtype])
 
 
+def _run_and_compare(kernel, m, shape, dtype: str = "float32") -> None:
+    """Run an emulated kernel with ``m``'s parameters on a random input; compare with torch."""
+    spec = m._spec()
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[dtype])
+    y = x.new_empty(spec.output_shape(shape, spec.output_padding if spec.transposed else None))
+    kernel(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
+    assert_output_matches(m, x, y)
+
+
 def _check(spec: ConvSpec, shape, dtype: str, arch: str) -> None:
-    m = _module(spec, dtype)
     op = spec.output_padding if spec.transposed else None
     rule, kernel = emulate(spec, shape, dtype, resolve(f"cuda/{arch}"), op)
     assert rule == "cuda-direct"
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[dtype])
-    y = x.new_empty(spec.output_shape(shape, op))
-    args = [x, m.weight.detach()] + ([m.bias.detach()] if m.bias is not None else []) + [y]
-    kernel(*args)
-    assert_output_matches(m, x, y)
+    _run_and_compare(kernel, _module(spec, dtype), shape, dtype)
 
 
 @pytest.mark.parametrize("arch", ["sm_70", "sm_90"])
@@ -106,17 +110,12 @@ def test_shipped_cuda_records_compute_torchs_numbers(arch, layer, shape):
     import tvm
     from compiler import build, cuda_binary, records
     from compiler.layers import parse_layer
-    from gpu_emulation import serialised
-    from targets import host_target
+    from gpu_emulation import compile_serialised
     target = resolve(f"cuda/{arch}")
     m = parse_layer(layer)
     spec = m._spec()
     op = spec.output_padding if spec.transposed else None
-    tuned = build.tuned_schedule(spec, shape, "float32", target, op, records.database_dir(target))
+    tuned = build.tuned_schedule(spec, shape, "float32", target, op, records.SHIPPED / f"cuda-{arch}")
     source = cuda_binary.device_source(tvm.compile(tuned.mod, target=target))
     assert arch.encode() in cuda_binary.compile_device_code(source, target, "fatbin")
-    x = torch.randn(*shape)
-    y = x.new_empty(spec.output_shape(shape, op))
-    kernel = tvm.compile(serialised(tuned.mod), target=host_target())["main"]
-    kernel(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
-    assert_output_matches(m, x, y)
+    _run_and_compare(compile_serialised(tuned.mod), m, shape)
