@@ -1,13 +1,14 @@
 """How kernels are scheduled: hand-written rules, tried in one ordered list (specialised first)."""
 from .base import ScheduleRule, Workload, apply_first
 from .cpu_channel_vector import CpuChannelVector
+from .cpu_depthwise import CpuDepthwise
 from .cpu_direct import CpuDirect
 from .cpu_transposed import CpuTransposed
 from .cuda_direct import CudaDirect
 from .fallback import CpuFallback
 
 #: The CPU rule chain, most specialised first; the fallback accepts everything.
-CPU_RULES = (CpuTransposed(), CpuChannelVector(), CpuDirect(), CpuFallback())
+CPU_RULES = (CpuTransposed(), CpuDepthwise(), CpuChannelVector(), CpuDirect(), CpuFallback())
 #: The CUDA rule chain (one rule covers every variant).
 CUDA_RULES = (CudaDirect(),)
 
@@ -21,4 +22,4 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CpuChannelVector", "CpuDirect", "CpuTransposed", "CpuFallback"]
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuTransposed", "CpuFallback"]

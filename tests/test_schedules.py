@@ -1,6 +1,7 @@
 """Schedule rules: which rule serves which layer, that it parallelises and vectorises, and torch's numbers."""
 import pytest
 import torch
+import tvm
 
 import compiler
 from compiler import build
@@ -8,6 +9,7 @@ from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 import schedules
 from schedules import CPU_RULES, CpuDirect, CpuFallback
+from schedules.cpu_depthwise import choose_config as depthwise_config
 from schedules.cpu_direct import choose_config
 from targets import host_target
 
@@ -22,7 +24,9 @@ def _loop_kinds(mod):
     (ConvSpec.conv2d(16, 16, 3, padding=1), "cpu-direct"),
     (ConvSpec.conv2d(16, 16, 3, padding=2), "cpu-channel-vector"),
     (ConvSpec.conv2d(8, 32, 3, stride=2, padding=2, dilation=2, padding_mode="reflect"), "cpu-channel-vector"),
-    (ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"), "cpu-direct"),
+    (ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"), "cpu-depthwise"),
+    (ConvSpec.conv2d(8, 16, 3, stride=2, groups=8, bias=False), "cpu-depthwise"),
+    (ConvSpec.conv2d(8, 8, 3, padding=1, groups=4), "cpu-direct"),
     (ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1), "cpu-transposed-phase"),
     (ConvSpec.conv_transpose2d(8, 4, 3, stride=2, dilation=2, groups=2), "cpu-transposed-phase"),
 ], ids=str)
@@ -75,23 +79,40 @@ def test_register_budget():
     assert choose_config(64, 56, 16, 32).co_tile == 16     # AVX-512: 32 registers, half for accumulators
     assert choose_config(64, 56, 8, 16).co_tile == 8       # AVX2: 16 registers
     assert choose_config(3, 56, 16, 32).co_tile == 3
-    assert choose_config(64, 56, 16, 32, depthwise=True).co_tile == 8
 
 
-@pytest.mark.parametrize("layer,shape,deinterleaved", [
-    (compiler.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), (2, 16, 20, 18), True),
-    (compiler.Conv2d(8, 16, 7, stride=2, padding=3, dilation=2, groups=8, padding_mode="reflect"), (1, 8, 30, 24), True),
-    (compiler.Conv2d(8, 8, 5, stride=2, padding=(1, 3), groups=8, bias=False), (1, 8, 15, 17), False),  # odd padded width
-    (compiler.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), (1, 8, 16, 16), False),
-    (compiler.Conv2d(8, 8, 5, stride=3, padding=2, groups=8), (1, 8, 16, 16), False),
+@pytest.mark.parametrize("height,width,stride,expected", [
+    (112, 112, 1, (8, 16)), (56, 56, 1, (8, 14)), (14, 14, 1, (7, 14)), (13, 17, 1, (1, 16)),
+    (28, 28, 2, (4, 7)), (56, 56, 2, (4, 8)), (7, 7, 2, (1, 7)), (9, 3, 3, (3, 3)),
+])
+def test_depthwise_tile_divides_the_output(height, width, stride, expected):
+    cfg = depthwise_config(height, width, stride, 16)
+    assert (cfg.rows, cfg.columns) == expected
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (compiler.Conv2d(16, 16, 3, padding=1, groups=16), (2, 16, 20, 18)),
+    (compiler.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), (2, 16, 20, 18)),
+    (compiler.Conv2d(8, 16, 7, stride=2, padding=3, dilation=2, groups=8, padding_mode="reflect"), (1, 8, 30, 24)),
+    (compiler.Conv2d(8, 8, 5, stride=(2, 3), padding=(1, 3), groups=8, bias=False), (1, 8, 15, 17)),
+    (compiler.Conv2d(8, 24, 3, groups=8), (3, 8, 13, 11)),                           # no padding, multiplier 3
+    (compiler.Conv2d(4, 4, (1, 9), padding=(0, 4), groups=4, padding_mode="circular"), (1, 4, 6, 33)),
+    (compiler.Conv2d(4, 4, 11, padding=5, groups=4, padding_mode="replicate"), (1, 4, 12, 12)),  # taps kept rolled
 ], ids=repr)
-def test_strided_depthwise_reads_columns_by_phase(layer, shape, deinterleaved):
+def test_depthwise_rule_matches_torch(layer, shape):
     assert_matches_torch(layer, torch.randn(*shape))
-    assert layer.schedule == "cpu-direct"
-    spec = layer._spec()
-    mod = build.schedule(spec, shape, "float32", host_target()).mod
-    pad = next(b for b in mod["main"].body.block.alloc_buffers if b.name == "pad")
-    assert (len(pad.shape) == 5) == deinterleaved
+    assert layer.schedule == "cpu-depthwise"
+
+
+def test_depthwise_rule_pads_one_channel_plane_per_task():
+    spec = ConvSpec.conv2d(16, 16, 3, padding=1, groups=16)
+    mod = build.schedule(spec, (1, 16, 20, 18), "float32", host_target()).mod
+    passes = tvm.s_tir.transform      # the allocation placement TVM's lowering does, then its compaction
+    lowered = tvm.transform.Sequential([
+        passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
+        passes.ConvertBlocksToOpaque(), passes.CompactBufferAllocation()])(mod).script()
+    assert "pad = T.sblock_alloc_buffer((1, 1, 22, 20))" in lowered
+    assert lowered.index("T.parallel(16)") < lowered.index("pad = T.sblock_alloc_buffer")
 
 
 @pytest.mark.parametrize("layer", [
