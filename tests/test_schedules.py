@@ -10,6 +10,7 @@ from reference import assert_matches_torch
 import schedules
 from schedules import CPU_RULES, CpuDirect, CpuFallback
 from schedules.cpu_depthwise import choose_config as depthwise_config
+from schedules.cpu_channel_vector import column_tile as channel_vector_columns
 from schedules.cpu_direct import choose_config
 from targets import host_target
 
@@ -73,6 +74,14 @@ def test_fallback_rule_matches_torch(monkeypatch):
                                                   (7, 16, 7), (56, 8, 8), (13, 16, 13), (17, 16, 16)])
 def test_column_tile_divides_width_within_one_vector(width, lanes, expected):
     assert choose_config(64, width, lanes, 32).ow_tile == expected
+
+
+@pytest.mark.parametrize("width,stride,registers,expected", [
+    (56, 1, 32, 14), (28, 1, 32, 14), (14, 1, 32, 14), (112, 2, 32, 16), (7, 1, 32, 7), (35, 1, 32, 7),
+    (56, 1, 16, 8), (112, 1, 32, None), (224, 1, 32, None), (64, 2, 32, None), (256, 1, 32, None),
+])
+def test_channel_vector_columns(width, stride, registers, expected):
+    assert channel_vector_columns(width, stride, 16, registers) == expected
 
 
 def test_register_budget():
