@@ -37,28 +37,26 @@ def column_tile(out_width: int, stride: int, lanes: int, registers: int):
 class CpuChannelVector(ScheduleRule):
     name = "cpu-channel-vector"
 
-    def _lanes(self, workload, target):
-        """The channel-vector width if the rule applies, else None."""
+    def _tile(self, workload, target):
+        """(channel-vector width, columns per tile) if the rule applies, else None."""
         spec = workload.spec
         if str(target.kind) != "llvm" or spec.transposed:
             return None
         lanes = accumulator_lanes(workload, target)
-        if (spec.out_channels // spec.groups) % lanes != 0 or self._columns(workload, target, lanes) is None:
+        if (spec.out_channels // spec.groups) % lanes != 0:
             return None
-        return lanes
-
-    def _columns(self, workload, target, lanes):
-        return column_tile(workload.output_shape[3], workload.spec.stride[1], lanes,
-                           cpu_info(target).vector_registers)
+        columns = column_tile(workload.output_shape[3], spec.stride[1], lanes, cpu_info(target).vector_registers)
+        return None if columns is None else (lanes, columns)
 
     def weight_block(self, workload, target):
-        return self._lanes(workload, target)
+        tile = self._tile(workload, target)
+        return tile and tile[0]
 
     def apply(self, func, workload, target):
-        lanes = self._lanes(workload, target)
-        if lanes is None:
+        tile = self._tile(workload, target)
+        if tile is None:
             return None
-        ow_tile = self._columns(workload, target, lanes)
+        lanes, ow_tile = tile
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. Padded input materialised once, in parallel; weights packed channel-vector-last
