@@ -46,9 +46,7 @@ class _ConvBase(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         probe = torch.empty(0, **factory)
-        if probe.dtype not in SUPPORTED_DTYPES:
-            raise RuntimeError(f"{type(self).__name__} supports dtypes {list(SUPPORTED_DTYPES)}, got "
-                               f"{probe.dtype}")
+        self._check_dtype(probe.dtype)
         if probe.device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"{type(self).__name__} runs on CPUs and NVIDIA GPUs; got device "
                                f"{probe.device}")
@@ -81,12 +79,19 @@ class _ConvBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's initialisation, call for call, so a shared seed gives identical parameters."""
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
+        """torch 2.13's ``_ConvNd.reset_parameters``, call for call, so a shared seed gives identical
+        parameters: a weight in another memory format is drawn in a contiguous buffer and copied back,
+        and the bias is drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), U(0, 0) when fan_in is 0."""
+        with torch.no_grad():
+            if not self.weight.is_contiguous():
+                buffer = torch.empty_like(self.weight, memory_format=torch.contiguous_format)
+                init.kaiming_uniform_(buffer, a=math.sqrt(5))
+                self.weight.copy_(buffer)
+            else:
+                init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 init.uniform_(self.bias, -bound, bound)
 
     def extra_repr(self) -> str:
@@ -151,12 +156,18 @@ class _ConvBase(nn.Module):
                                f"1-dimensional with {spec.out_channels} elements, but got bias of size "
                                f"{list(self.bias.shape)} instead")
 
+    def _check_dtype(self, dtype: torch.dtype) -> None:
+        if dtype not in SUPPORTED_DTYPES:
+            raise RuntimeError(f"{type(self).__name__} computes in {', '.join(map(str, SUPPORTED_DTYPES))}; "
+                               f"its parameters are {dtype}")
+
     def _check_input(self, input) -> None:
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"{self._op_name}(): argument 'input' must be Tensor, not {type(input).__name__}")
         if input.dim() not in (3, 4):
             raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to {self._op_name}, but got "
                                f"input of size: {list(input.shape)}")
+        self._check_dtype(self.weight.dtype)              # e.g. after module.to(torch.complex64)
         if input.dtype != self.weight.dtype:
             raise RuntimeError(f"Input type ({input.dtype}) and weight type ({self.weight.dtype}) should "
                                "be the same")

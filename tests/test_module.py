@@ -184,3 +184,35 @@ def test_a_called_module_pickles_and_deepcopies(tmp_path):
     twin = copy.deepcopy(m)
     torch.testing.assert_close(twin(x), y, rtol=0, atol=0)
     assert m.kernel is not None                   # the original keeps its own
+
+
+# Every fan-in torch's rule distinguishes: 0 (no input channels: bias from U(0, 0)), 1, and the usual.
+RESET_CONFIGS = [
+    ("Conv2d", (0, 4, 3), {}),
+    ("Conv2d", (1, 4, 1), {}),
+    ("Conv2d", (6, 4, 3), dict(groups=2)),
+    ("ConvTranspose2d", (4, 0, 3), {}),          # fan_in = out_channels/groups * k*k = 0
+    ("ConvTranspose2d", (0, 4, 3), {}),
+    ("ConvTranspose2d", (4, 6, (2, 3)), dict(groups=2)),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs", RESET_CONFIGS, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_reset_parameters_draws_what_torch_draws(name, args, kwargs, channels_last):
+    """Construction and a later reset_parameters (also on a channels_last weight) consume torch's random
+    stream exactly as torch does: same parameters, and the same next draw afterwards."""
+    modules = []
+    for make in (getattr(compiler, name), getattr(torch.nn, name)):
+        torch.manual_seed(3)
+        m = make(*args, **kwargs)
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        m.reset_parameters()
+        modules.append((m, torch.rand(4)))
+    (ours, after_ours), (theirs, after_theirs) = modules
+    assert torch.equal(ours.weight, theirs.weight)
+    assert ours.weight.stride() == theirs.weight.stride()
+    if theirs.bias is not None:
+        assert torch.equal(ours.bias, theirs.bias)        # U(0, 0) is zeros for fan_in 0, never garbage
+    assert torch.equal(after_ours, after_theirs)
