@@ -19,7 +19,7 @@ import tvm
 
 from targets import TargetLike, resolve, target_key
 
-from . import build, cuda_binary
+from . import build, cuda_binary, progress
 from .layers import batched_shape, spec_of
 
 LIBRARY = "conv.so"
@@ -53,6 +53,28 @@ def _cross_compiler(target):
                        "PATH (install e.g. g++-aarch64-linux-gnu, or set CXX to the cross compiler)")
 
 
+def _build(spec, shape, dtype, target, output_padding, database, out: Path):
+    """Schedule (record or hand rule, torch-layout weights), compile and write ``out/LIBRARY``:
+    (the Scheduled, the device-code entry of the manifest)."""
+    chosen = None
+    if database is not False:
+        chosen = build.tuned_schedule(spec, shape, dtype, target, output_padding,
+                                      build.records.database_dir(target, database))
+    if chosen is None:
+        chosen = build.schedule(spec, shape, dtype, target, output_padding)
+    executable = tvm.compile(chosen.mod, target=target)
+    out.mkdir(parents=True, exist_ok=True)
+    library = out / LIBRARY
+    if str(target.kind.name) != "cuda":
+        fcompile = _cross_compiler(target)
+        executable.export_library(str(library), **({"fcompile": fcompile} if fcompile else {}))
+        return chosen, None
+    source = cuda_binary.device_source(executable)
+    fatbin = cuda_binary.compile_device_code(source, target, "fatbin")
+    executable.export_library(str(library), fpack_imports=cuda_binary.fpack_imports_with(fatbin, source))
+    return chosen, {"format": "fatbin", "arch": str(target.attrs["arch"]), "bytes": len(fatbin)}
+
+
 def export_library(layer, input_shape, out_dir, target: TargetLike = None, *, dtype: str = "float32",
                    output_padding=None, database=None) -> dict:
     """Build ``layer`` for ``input_shape`` on ``target`` into ``out_dir``; returns the manifest.
@@ -67,26 +89,11 @@ def export_library(layer, input_shape, out_dir, target: TargetLike = None, *, dt
     if spec.transposed and output_padding is None:
         output_padding = spec.output_padding
     out_shape = spec.output_shape(shape, output_padding)           # torch's shape errors, up front
-    chosen = None
-    if database is not False:
-        chosen = build.tuned_schedule(spec, shape, dtype, target, output_padding,
-                                      build.records.database_dir(target, database))
-    tuned = chosen is not None
-    if chosen is None:
-        chosen = build.schedule(spec, shape, dtype, target, output_padding)   # torch-layout weights
-    executable = tvm.compile(chosen.mod, target=target)
+    with progress.step(f"building {spec.describe()} for {'x'.join(map(str, shape))} {dtype} on "
+                       f"{target_key(target)} into {out_dir}"):
+        chosen, device = _build(spec, shape, dtype, target, output_padding, database, Path(out_dir))
+    tuned = chosen.rule.startswith("tuned:")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    library = out / LIBRARY
-    device = None
-    if str(target.kind.name) == "cuda":
-        source = cuda_binary.device_source(executable)
-        fatbin = cuda_binary.compile_device_code(source, target, "fatbin")
-        executable.export_library(str(library), fpack_imports=cuda_binary.fpack_imports_with(fatbin, source))
-        device = {"format": "fatbin", "arch": str(target.attrs["arch"]), "bytes": len(fatbin)}
-    else:
-        fcompile = _cross_compiler(target)
-        executable.export_library(str(library), **({"fcompile": fcompile} if fcompile else {}))
     args = [{"name": "input", "shape": list(shape), "dtype": dtype},
             {"name": "weight", "shape": list(spec.weight_shape), "dtype": dtype}]
     if spec.bias:

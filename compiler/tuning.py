@@ -26,7 +26,7 @@ from targets import TargetLike, resolve
 from targets.cpu import usable_cores
 from targets.cuda import local_arch
 
-from . import build, records
+from . import build, progress, records
 from .layers import batched_shape, spec_of
 
 
@@ -180,7 +180,8 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
             hand_s = records.mean_secs(hand_known[0])
         else:
             args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            ((secs, error),) = _measure([hand.mod], target, builder, runner, args_info)
+            with progress.step("measuring the hand-written schedule (the search's baseline)", out):
+                ((secs, error),) = _measure([hand.mod], target, builder, runner, args_info)
             if secs is None:
                 raise RuntimeError(f"measuring the hand-written schedule failed: {error}")
             hand_s = secs
@@ -189,7 +190,7 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
         best_known = min([hand_s] + [records.mean_secs(r) for r in searched])
         # distinct schedules: the final check re-commits traces already measured
         remaining = max(0, trials - len({records.trace_key(r.trace) for r in searched}))
-        progress = _Progress(remaining, flops, best_known, out)
+        counter = _Progress(remaining, flops, best_known, out)
         if remaining:
             out.write(f"[tune] {spec.describe()} on {'x'.join(map(str, shape))}: {remaining} trials "
                       f"({len(searched)} already in {db_dir}), hand-written {hand_s * 1e3:.3f} ms\n")
@@ -202,26 +203,27 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
                             population_size=population, init_min_unmeasured=min(50, population)),
                         cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
                         measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                        + [progress], num_tuning_cores=workers, seed=seed)
+                        + [counter], num_tuning_cores=workers, seed=seed)
             if getattr(out, "isatty", lambda: False)():
                 out.write("\n")
         if final_check:
             hand_s = _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, hand_key,
-                                  final_check) or hand_s
+                                  final_check, out) or hand_s
         run_dir = run.path
     build.clear_cache()                       # kernels compiled before now may have a better record
     final = records.workload_records(db_dir, target, mod)      # fastest first
     return TuneResult(
         layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
-        trials_run=progress.done,
+        trials_run=counter.done,
         trials_total=len({records.trace_key(r.trace) for r in final} - {hand_key}),
         hand_ms=hand_s * 1e3,
         best_ms=records.mean_secs(final[0]) * 1e3 if final else None,
-        wall_s=time.perf_counter() - start, history=progress.history)
+        wall_s=time.perf_counter() - start, history=counter.history)
 
 
-def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, hand_key, top: int):
+def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, hand_key, top: int,
+                 out):
     """Re-measure the hand schedule and the ``top`` best search records side by side, twice, and
     commit the faster round of each as a fresh record; returns the hand schedule's time.
 
@@ -244,7 +246,9 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
         trace.apply_to_schedule(sch, remove_postproc=False)
         modules.append(sch.mod)
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-    times = _measure(modules, target, builder, runner, args_info, rounds=2)
+    with progress.step(f"final check: the hand schedule and the {len(finalists)} best records, "
+                       "re-measured side by side twice", out):
+        times = _measure(modules, target, builder, runner, args_info, rounds=2)
     for trace, (secs, _) in zip([hand.trace] + finalists, times):
         if secs is not None:
             writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], target, args_info))
