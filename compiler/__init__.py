@@ -5,6 +5,10 @@ generated, scheduled and compiled here.
 """
 import os as _os
 
+# Our CPU kernels run their parallel loops on torch's OpenMP threads (compiler/threads.py), so the
+# two settings below only matter where TVM's own pool still runs: TVM_CONV_THREADS=tvm, the fallback
+# when the OpenMP launcher cannot be built, and kernels MetaSchedule measures while tuning.
+#
 # TVM's CPU thread pool defaults to half the logical CPUs on x86 (it assumes hyper-threading) and
 # reads TVM_NUM_THREADS once, when the pool starts: set it before TVM is first used.
 if "TVM_NUM_THREADS" not in _os.environ:
@@ -29,17 +33,19 @@ from .spec import ConvSpec  # noqa: E402
 _os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
 
-def tune(*args, **kwargs):
-    """:func:`compiler.tuning.tune` (imported on first use: MetaSchedule is slow to import)."""
-    from .tuning import tune as _tune
-    return _tune(*args, **kwargs)
+#: Functions imported on first use (MetaSchedule, fx and the exporters are slow to import):
+#: public name -> the module of this package that defines it.
+_LAZY = {"tune": "tuning", "export_library": "export", "convert": "conversion", "tune_model": "model_tuning",
+         "export_model": "model_export", "load_model": "model_export"}
 
 
-def export_library(*args, **kwargs):
-    """:func:`compiler.export.export_library`."""
-    from .export import export_library as _export
-    return _export(*args, **kwargs)
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Conv2d", "ConvTranspose2d", "ConvSpec", "tune", "export_library"]
+__all__ = ["Conv2d", "ConvTranspose2d", "ConvSpec", "tune", "export_library", "convert", "tune_model",
+           "export_model", "load_model"]
 __version__ = "0.1.0"

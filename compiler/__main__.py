@@ -23,7 +23,7 @@ import re
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -274,6 +274,20 @@ class Prepared:
     layers: List[Tuple[str, Tuple[int, int, int, int]]]
     target: object = None
     dtype: str = "float32"
+    models: List[str] = field(default_factory=list)     # bench --models: networks of compiler.zoo
+
+
+def _check_models(args, flag: str, names: List[str]) -> List[str]:
+    """Networks of compiler.zoo (``bench --models``, ``tune/build --model``), never with single layers."""
+    from .zoo import MODELS
+    if args.layer is not None or args.input_shape is not None or getattr(args, "layers_file", None) is not None \
+            or getattr(args, "suite", False):
+        raise UsageError(f"{flag} works on whole networks: not with --layer, --input-shape, --layers-file or "
+                         "--suite")
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        raise UsageError(f"{flag}: unknown network {unknown[0]!r}: choose from {', '.join(MODELS)}")
+    return list(names) or list(MODELS)
 
 
 def prepare(args) -> Prepared:
@@ -289,6 +303,10 @@ def prepare(args) -> Prepared:
             if not torch.cuda.is_available():
                 raise UsageError("--device cuda: no CUDA GPU is usable here (torch.cuda.is_available() "
                                  "is False)")
+        if args.models is not None:
+            if args.device != "cpu":
+                raise UsageError("--models runs on the CPU (--device cpu)")
+            return Prepared("bench", [], models=_check_models(args, "--models", args.models))
         return Prepared("bench", _selected_layers(args, default_suite=True))
     target = check_target(args.target)
     dtype = check_dtype(args.dtype)
@@ -300,9 +318,17 @@ def prepare(args) -> Prepared:
         if args.work_dir is not None:
             check_out_dir(args.work_dir, "--work-dir")
         _check_measuring(args, target)
+        if args.model is not None:
+            return Prepared("tune", [], target, dtype, models=_check_models(args, "--model", [args.model]))
         return Prepared("tune", _selected_layers(args, default_suite=False), target, dtype)
     # build
-    layers = [check_layer(args.layer, args.input_shape)]
+    if args.model is not None:
+        models, layers = _check_models(args, "--model", [args.model]), []
+    else:
+        models = []
+        if args.layer is None or args.input_shape is None:
+            raise UsageError("give --layer with --input-shape, or --model NAME")
+        layers = [check_layer(args.layer, args.input_shape)]
     if args.database is not None and not args.no_tuned and not Path(args.database).is_dir():
         raise UsageError(f"--database {args.database}: no such folder")
     check_out_dir(args.out)
@@ -312,24 +338,54 @@ def prepare(args) -> Prepared:
             _cross_compiler(target)           # a foreign ISA's toolchain must be there
         except RuntimeError as e:
             raise UsageError(f"--target {args.target}: {e}") from e
-    return Prepared("build", layers, target, dtype)
+    return Prepared("build", layers, target, dtype, models=models)
 
 
 # --------------------------------------------------------------------------------------- work
+def torch_input(name: str):
+    """A random example input of a zoo network's benchmark shape."""
+    import torch
+
+    from .zoo import MODELS
+    return torch.randn(MODELS[name][1])
+
+
 def _describe(job: Prepared) -> None:
     """What ``--dry-run`` prints: the command and each checked layer and shape."""
     from targets import target_key
     where = f" for {target_key(job.target)} ({job.dtype})" if job.target is not None else ""
+    if job.models:
+        print(f"{job.command}: networks {', '.join(job.models)}, arguments checked, nothing run")
+        return
     print(f"{job.command}: {len(job.layers)} layer(s){where}, arguments checked, nothing run")
     for layer, shape in job.layers:
         print(f"  {layer} ; {','.join(map(str, shape))}")
 
 
 def _run(job: Prepared, args) -> None:
-    if job.command == "bench":
+    if job.command == "bench" and job.models:
+        from .bench_models import run_models
+        run_models(job.models, threads=args.threads, csv_path=args.csv, json_path=args.json)
+    elif job.command == "bench":
         from . import bench as bench_mod
         bench_mod.run(job.layers, threads=args.threads, csv_path=args.csv, json_path=args.json,
                       tuned=not args.no_tuned, device=args.device)
+    elif job.command == "tune" and job.models:
+        from . import zoo
+        from .model_tuning import tune_model
+        (name,) = job.models
+        tune_model(zoo.make(name), torch_input(name), target=job.target, trials=args.trials,
+                   work_dir=args.work_dir, fuse=not args.no_fuse, trials_per_iter=args.trials_per_iter,
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose,
+                   final_check=args.final_check, population=args.population)
+    elif job.command == "build" and job.models:
+        from . import zoo
+        from .model_export import export_model
+        (name,) = job.models
+        manifest = export_model(zoo.make(name), torch_input(name), args.out, target=job.target,
+                                fuse=not args.no_fuse, database=False if args.no_tuned else args.database)
+        print(f"{name}: {len(manifest['entries'])} kernels in {Path(args.out) / manifest['library']}, "
+              f"{len(manifest['layers'])} layers, built in {manifest['build_seconds']:.1f} s")
     elif job.command == "tune":
         from . import tuning
 
@@ -375,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-tuned", action="store_true", help="skip the tuned column")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="cuda: both sides on the local GPU (torch uses cuDNN)")
+    bench.add_argument("--models", nargs="*", metavar="NAME", help="whole networks (compiler.zoo; all when "
+                       "none is named), torch against their fused and unfused conversions")
     bench.add_argument("--csv", help="also write the table as CSV")
     bench.add_argument("--json", help="also write the table as JSON")
 
@@ -384,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--input-shape", help=SHAPE_HELP)
     tune.add_argument("--layers-file", help="one 'LAYER ; N,C,H,W' per line")
     tune.add_argument("--suite", action="store_true", help="the benchmark's default suite")
+    tune.add_argument("--model", metavar="NAME", help="every conv workload of a network (compiler.zoo), "
+                      "tuned across tasks by MetaSchedule's task scheduler; --trials is then the model's budget")
+    tune.add_argument("--no-fuse", action="store_true", help="with --model: the unfused workloads")
     tune.add_argument("--target", default="llvm", help=targets)
     tune.add_argument("--trials", type=int, default=64, help="search trials per layer, >= 1 (records "
                       "already in the database count, so a rerun resumes)")
@@ -400,8 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", parents=[common],
                            help="ahead-of-time build: shared library + manifest.json")
-    build.add_argument("--layer", required=True, help='e.g. "Conv2d(64, 64, 3, padding=1)"')
-    build.add_argument("--input-shape", required=True, help=SHAPE_HELP)
+    build.add_argument("--layer", help='e.g. "Conv2d(64, 64, 3, padding=1)"')
+    build.add_argument("--input-shape", help=SHAPE_HELP)
+    build.add_argument("--model", metavar="NAME", help="a whole network (compiler.zoo): one library for "
+                       "all its conv kernels, the converted model and a runtime-only loader")
+    build.add_argument("--no-fuse", action="store_true", help="with --model: no BatchNorm folding or fusion")
     build.add_argument("--target", default="llvm", help=targets)
     build.add_argument("--dtype", default="float32", help=dtypes)
     build.add_argument("--database", help="tuning database folder (default: tuning_logs/<target key>)")

@@ -197,6 +197,14 @@ def _run(suite, threads, csv_path, json_path, print_fn, tuned, device) -> List[R
     geo_fastest_tuned = _geomean(r.fastest_tuned_speedup for r in rows)
     print_fn(f"the same from each side's fastest round: hand-written {geo_fastest:.2f}x, with tuning "
              f"records {geo_fastest_tuned:.2f}x")
+    write_table(rows, csv_path, json_path, {
+        "threads": threads, "peak_gflops": peak, "geomean_speedup": geo, "geomean_speedup_tuned": geo_tuned,
+        "geomean_speedup_fastest": geo_fastest, "geomean_speedup_fastest_tuned": geo_fastest_tuned})
+    return rows
+
+
+def write_table(rows, csv_path, json_path, summary: dict) -> None:
+    """The rows (dataclasses) as CSV, and with ``summary`` as JSON, where paths are given."""
     if csv_path:
         with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
@@ -204,7 +212,4 @@ def _run(suite, threads, csv_path, json_path, print_fn, tuned, device) -> List[R
             w.writerows(asdict(r) for r in rows)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"threads": threads, "peak_gflops": peak, "geomean_speedup": geo,
-                       "geomean_speedup_tuned": geo_tuned, "geomean_speedup_fastest": geo_fastest,
-                       "geomean_speedup_fastest_tuned": geo_fastest_tuned, "rows": [asdict(r) for r in rows]}, f, indent=2)
-    return rows
+            json.dump({**summary, "rows": [asdict(r) for r in rows]}, f, indent=2)

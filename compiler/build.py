@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import tvm
 from tvm import s_tir, te
@@ -16,8 +16,8 @@ from tvm.target import Target
 from schedules import Workload, apply_first, rules_for
 from schedules.base import schedule_weight_pack
 
-from . import compute, records
-from .spec import ConvSpec
+from . import compute, library_cache, progress, records
+from .request import KernelRequest
 
 ENTRY = "conv"
 PACK_ENTRY = "pack_weight"
@@ -31,13 +31,12 @@ class Kernel:
     executable: object               # tvm Executable (export_library, time_evaluator through .mod)
     schedule: str                    # name of the schedule rule (or tuning record) that served it
     target: Target
-    input_shape: Tuple[int, int, int, int]
-    output_shape: Tuple[int, int, int, int]
-    dtype: str
+    request: KernelRequest           # what it computes
     compile_seconds: float
     weight_block: Optional[int] = None     # set: ``function`` takes the weight as ``pack`` wrote it
     pack: Optional[object] = None          # tvm_ffi Function (weight, packed_weight)
     packed_weight_shape: Optional[Tuple[int, ...]] = None
+    library: Optional[str] = None          # the cached .so it was loaded from (None: compiled in memory)
 
     def __call__(self, *args):
         self.function(*args)
@@ -50,38 +49,34 @@ class Scheduled(NamedTuple):
     trace: object                  # the schedule's s_tir Trace (what a tuning record stores)
 
 
-def workload_of(spec: ConvSpec, input_shape, dtype: str, output_padding=None) -> Workload:
-    out_shape = spec.output_shape(input_shape, output_padding)
-    return Workload(spec=spec, input_shape=tuple(input_shape), output_shape=tuple(out_shape),
-                    dtype=dtype, accumulate_dtype=compute.ACCUMULATE_DTYPE[dtype])
+def workload_of(request: KernelRequest) -> Workload:
+    """What the schedule rules see of a request."""
+    return Workload(spec=request.spec, input_shape=request.input_shape, output_shape=request.output_shape,
+                    dtype=request.dtype, accumulate_dtype=compute.ACCUMULATE_DTYPE[request.dtype],
+                    epilogue=request.epilogue.steps)
 
 
-def prim_func(spec: ConvSpec, input_shape, dtype: str, output_padding=None, weight_block=None):
-    """The unscheduled PrimFunc of a layer (what MetaSchedule and the rules start from).
+def prim_func(request: KernelRequest, weight_block=None):
+    """The unscheduled PrimFunc of a request (what MetaSchedule and the rules start from).
 
     With ``weight_block`` its weight argument is pre-packed (``compute.packed_weight_shape``).
     """
-    tensors = compute.define(spec, input_shape, dtype, output_padding, weight_block)
-    return te.create_prim_func(tensors).with_attr("global_symbol", ENTRY)
+    return te.create_prim_func(compute.define(request, weight_block)).with_attr("global_symbol", ENTRY)
 
 
-def schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_padding=None, rules=None,
-             prepacked: bool = False) -> Scheduled:
-    """The layer scheduled by the first hand-written rule that takes it.
+def schedule(request: KernelRequest, target: Target, rules=None, prepacked: bool = False) -> Scheduled:
+    """The request scheduled by the first hand-written rule that takes it.
 
     ``prepacked``: the rule may ask for its weights pre-packed (then the module packs them once).
     """
-    def make_func(block):
-        return prim_func(spec, input_shape, dtype, output_padding, block)
-
-    rule, sch, block = apply_first(rules or rules_for(target), make_func,
-                                   workload_of(spec, input_shape, dtype, output_padding), target, prepacked)
+    rule, sch, block = apply_first(rules or rules_for(target), lambda block: prim_func(request, block),
+                                   workload_of(request), target, prepacked)
     return Scheduled(rule.name, sch.mod, block, sch.trace)
 
 
-def workload_module(spec: ConvSpec, input_shape, dtype: str, output_padding=None) -> tvm.IRModule:
+def workload_module(request: KernelRequest) -> tvm.IRModule:
     """The IRModule MetaSchedule tunes and looks records up by (torch-layout weights)."""
-    return tvm.IRModule({"main": prim_func(spec, input_shape, dtype, output_padding)})
+    return tvm.IRModule({"main": prim_func(request)})
 
 
 workload_hash = records.workload_hash
@@ -93,17 +88,16 @@ workload_hash = records.workload_hash
 RECORD_MARGIN = 0.03
 
 
-def tuned_schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, output_padding,
-                   database_dir) -> Optional[Scheduled]:
+def tuned_schedule(request: KernelRequest, target: Target, database_dir) -> Optional[Scheduled]:
     """The database's best record for exactly this workload, replayed; None when there is none, when
     the best is the hand-written schedule itself (the hand path packs weights once instead), or when
     it beats the hand schedule's record by less than ``RECORD_MARGIN``."""
-    mod = workload_module(spec, input_shape, dtype, output_padding)
+    mod = workload_module(request)
     ranked = records.workload_records(database_dir, target, mod)        # fastest first
     if not ranked:
         return None
     record = ranked[0]
-    hand_key = records.trace_key(schedule(spec, input_shape, dtype, target, output_padding).trace)
+    hand_key = records.trace_key(schedule(request, target).trace)
     hand_record = next((r for r in ranked if records.trace_key(r.trace) == hand_key), None)
     if hand_record is not None and \
             records.mean_secs(record) > records.mean_secs(hand_record) * (1 - RECORD_MARGIN):
@@ -113,50 +107,48 @@ def tuned_schedule(spec: ConvSpec, input_shape, dtype: str, target: Target, outp
     return Scheduled(f"tuned:{workload_hash(mod)}", sch.mod, None, record.trace)
 
 
-def _with_weight_pack(mod: tvm.IRModule, spec: ConvSpec, dtype: str, block: int) -> tvm.IRModule:
+def _with_weight_pack(mod: tvm.IRModule, request: KernelRequest, block: int) -> tvm.IRModule:
     """``mod`` plus the kernel that packs torch-layout weights for it."""
-    pack = te.create_prim_func(compute.pack_weight(spec, dtype, block)).with_attr("global_symbol", PACK_ENTRY)
+    pack = te.create_prim_func(compute.pack_weight(request.spec, request.dtype, block)).with_attr(
+        "global_symbol", PACK_ENTRY)
     return tvm.IRModule({ENTRY: mod["main"], PACK_ENTRY: schedule_weight_pack(pack).mod["main"]})
 
 
-def compile_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-                   output_padding=None, prepacked: bool = False, database=None) -> Kernel:
+def compile_kernel(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> Kernel:
     """Schedule and compile: the tuning database's record for the exact workload if it has one
     (``database``: a folder, None for the default one, False for none), else the hand-written rule
     chain; ``prepacked`` lets a hand schedule take weights packed by ``Kernel.pack``."""
     start = time.perf_counter()
     chosen = None
     if database is not False:
-        chosen = tuned_schedule(spec, input_shape, dtype, target, output_padding,
-                                records.database_dir(target, database))
+        chosen = tuned_schedule(request, target, records.database_dir(target, database))
     if chosen is None:
-        chosen = schedule(spec, input_shape, dtype, target, output_padding, prepacked=prepacked)
+        chosen = schedule(request, target, prepacked=prepacked)
     name, mod, block, _ = chosen
     if block:
-        mod = _with_weight_pack(mod, spec, dtype, block)
-    executable = tvm.compile(mod, target=target)
+        mod = _with_weight_pack(mod, request, block)
+    # host CPU: a cached shared library whose parallel loops run on torch's OpenMP threads (threads.py)
+    executable, library = library_cache.load(mod, target)
     return Kernel(function=executable[ENTRY], executable=executable, schedule=name, target=target,
-                  input_shape=tuple(input_shape),
-                  output_shape=tuple(spec.output_shape(input_shape, output_padding)), dtype=dtype,
-                  compile_seconds=time.perf_counter() - start, weight_block=block,
+                  request=request, compile_seconds=time.perf_counter() - start, weight_block=block,
                   pack=executable[PACK_ENTRY] if block else None,
-                  packed_weight_shape=compute.packed_weight_shape(spec, block) if block else None)
+                  packed_weight_shape=compute.packed_weight_shape(request.spec, block) if block else None,
+                  library=str(library) if library else None)
 
 
 _CACHE: Dict[tuple, Kernel] = {}
 _LOCK = threading.Lock()
 
 
-def get_kernel(spec: ConvSpec, input_shape: Sequence[int], dtype: str, target: Target,
-               output_padding=None, prepacked: bool = False, database=None) -> Kernel:
-    """The cached kernel for (layer, shape, dtype, target, database), compiled on first use."""
-    op = tuple(output_padding) if spec.transposed else None
+def get_kernel(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> Kernel:
+    """The cached kernel for (request, target, database), compiled on first use."""
     db = False if database is False else str(records.database_dir(target, database))
-    key = (spec.forward_key(), op, tuple(input_shape), dtype, str(target), prepacked, db)
+    key = (request, str(target), prepacked, db)
     with _LOCK:
         kernel = _CACHE.get(key)
         if kernel is None:
-            kernel = compile_kernel(spec, input_shape, dtype, target, output_padding, prepacked, database)
+            with progress.step(f"compiling {request.describe()} for {records.target_key(target)}"):
+                kernel = compile_kernel(request, target, prepacked, database)
             _CACHE[key] = kernel
     return kernel
 

@@ -1,9 +1,10 @@
 """Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family.
 
-Nothing here knows about targets or schedules.  Every function returns the TE tensors
-``[input, weight, (bias,) output]`` in kernel-argument order; stage names are fixed so that
-schedules can find them: ``pad`` (conv2d only, the padding mode as an index map), ``conv``
-(the reduction, in the accumulation dtype) and ``output`` (bias add and cast to the layer's dtype).
+Nothing here knows about targets or schedules.  Every function takes a :class:`KernelRequest` and
+returns the TE tensors ``[input, weight, (bias,) (residual,) output]`` in kernel-argument order;
+stage names are fixed so that schedules can find them: ``pad`` (conv2d only, the padding mode as an
+index map), ``conv`` (the reduction, in the accumulation dtype) and ``output`` (bias, the request's
+epilogue (residual add, activations) and the cast to the layer's dtype).
 Reduce axes are ``rc, rh, rw``.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import List, Sequence
 
 from tvm import te, tirx
 
+from .request import ADD, Epilogue, KernelRequest
 from .spec import ConvSpec
 
 #: Half-precision types accumulate in float32 (as cuDNN / oneDNN do); the rest in their own type.
@@ -58,12 +60,43 @@ def _pad(x: te.Tensor, spec: ConvSpec) -> te.Tensor:
         name="pad")
 
 
-def _epilogue(conv: te.Tensor, bias, dtype: str) -> te.Tensor:
-    """Bias add in the accumulation type, then one rounding to the layer's dtype."""
-    if bias is None:
-        return te.compute(conv.shape, lambda n, k, i, j: conv[n, k, i, j].astype(dtype), name="output")
-    return te.compute(conv.shape, lambda n, k, i, j: (
-        conv[n, k, i, j] + bias[k].astype(conv.dtype)).astype(dtype), name="output")
+def activation(name: str, x, dtype: str):
+    """torch's activation ``name`` (``request.ACTIVATIONS``) of the TIR value ``x`` of type ``dtype``."""
+    def c(value):
+        return tirx.const(value, dtype)
+    one, zero = c(1), c(0)
+    if name == "relu":
+        return tirx.max(x, zero)
+    if name == "relu6":
+        return tirx.min(tirx.max(x, zero), c(6))
+    if name == "sigmoid":
+        return tirx.sigmoid(x)
+    if name == "silu":
+        return x * tirx.sigmoid(x)
+    if name in ("hardsigmoid", "hardswish"):      # relu6(x + 3) / 6, times x for hardswish
+        gate = tirx.min(tirx.max(x + c(3), zero), c(6)) / c(6)
+        return gate if name == "hardsigmoid" else x * gate
+    if name == "gelu":                             # x/2 (1 + erf(x / sqrt 2)), torch's default (exact)
+        return c(0.5) * x * (one + tirx.erf(x * c(math.sqrt(0.5))))
+    if name == "gelu_tanh":                        # x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        inner = c(math.sqrt(2 / math.pi)) * (x + c(0.044715) * x * x * x)
+        return c(0.5) * x * (one + tirx.tanh(inner))
+    if name == "tanh":
+        return tirx.tanh(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _epilogue(conv: te.Tensor, bias, residual, dtype: str, epilogue: Epilogue) -> te.Tensor:
+    """Bias add, then the epilogue's steps (a residual add, activations) in the accumulation type,
+    then one rounding to the layer's dtype (stage ``output``)."""
+    def value(n, k, i, j):
+        v = conv[n, k, i, j]
+        if bias is not None:
+            v = v + bias[k].astype(conv.dtype)
+        for step in epilogue.steps:
+            v = v + residual[n, k, i, j].astype(conv.dtype) if step == ADD else activation(step, v, conv.dtype)
+        return v.astype(dtype)
+    return te.compute(conv.shape, value, name="output")
 
 
 def packed_weight_shape(spec: ConvSpec, block: int):
@@ -105,16 +138,26 @@ class _TorchLayout:
         return self.tensor[co // self.block, ci, r, c, co % self.block]
 
 
-def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None) -> List[te.Tensor]:
+def _finish(request: KernelRequest, x, w, b, conv: te.Tensor) -> List[te.Tensor]:
+    """The epilogue on ``conv`` (NCHW): kernel arguments ``[input, weight, (bias,) (residual,) output]``."""
+    residual = None
+    if request.epilogue.residual:
+        residual = te.placeholder(request.output_shape, request.dtype, name="residual")
+    out = _epilogue(conv, b, residual, request.dtype, request.epilogue)
+    return [t for t in (x, getattr(w, "tensor", w), b, residual, out) if t is not None]
+
+
+def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     """Direct convolution, every variant of ``torch.nn.Conv2d``.
 
     ``output[n, co, oh, ow] = bias[co] + sum_{rc, rh, rw} pad[n, g*cpg + rc, oh*sh + rh*dh, ow*sw + rw*dw]
     * weight[co, rc, rh, rw]`` with ``g = co // (out_channels / groups)``, ``cpg = in_channels / groups``.
     With ``weight_block`` the weight argument is pre-packed (:func:`pack_weight`).
     """
+    spec, input_shape, dtype = request.spec, request.input_shape, request.dtype
     x, w, b = _placeholders(spec, input_shape, dtype, weight_block)
     acc = ACCUMULATE_DTYPE[dtype]
-    _, _, oh_size, ow_size = spec.output_shape(input_shape)
+    _, _, oh_size, ow_size = request.output_shape
     (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel_size
     cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     p = _pad(x, spec)
@@ -127,12 +170,10 @@ def conv2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=
             p[n, co // opg * cpg + rc, oh * sh + rh * dh, ow * sw + rw * dw].astype(acc)
             * w[co, rc, rh, rw].astype(acc), axis=[rc, rh, rw]),
         name="conv")
-    out = _epilogue(conv, b, dtype)
-    return [t for t in (x, getattr(w, "tensor", w), b, out) if t is not None]
+    return _finish(request, x, w, b, conv)
 
 
-def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
-                     output_padding=None) -> List[te.Tensor]:
+def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     """Transposed convolution, decomposed by output phase so that no multiply-add meets an inserted zero.
 
     Output row ``oh`` sits at ``f = oh + pad`` in the uncropped output and receives input row ``ih``
@@ -144,10 +185,11 @@ def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
     phase the taps are the same for every pixel: a dense sub-convolution.  ``output`` interleaves the
     phases back into NCHW and adds the bias.
     """
+    spec, input_shape, dtype = request.spec, request.input_shape, request.dtype
     x, w, b = _placeholders(spec, input_shape, dtype)
     acc = ACCUMULATE_DTYPE[dtype]
     n, _, h, wd = input_shape
-    _, _, oh_size, ow_size = spec.output_shape(input_shape, output_padding)
+    _, _, oh_size, ow_size = request.output_shape
     cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     (sh, sw), (dh, dw), (kh_size, kw_size) = spec.stride, spec.dilation, spec.kernel_size
     pt, _, pl, _ = spec.pads
@@ -215,16 +257,14 @@ def conv_transpose2d(spec: ConvSpec, input_shape: Sequence[int], dtype: str,
     conv = te.compute(phases, body, name="conv")
     interleaved = te.compute((n, spec.out_channels, oh_size, ow_size), lambda b_, co, oh, ow: conv[
         b_, co, oh % sh, ow % sw, oh // sh, ow // sw], name="interleave")
-    out = _epilogue(interleaved, b, dtype)
-    return [t for t in (x, w, b, out) if t is not None]
+    return _finish(request, x, w, b, interleaved)
 
 
-def define(spec: ConvSpec, input_shape: Sequence[int], dtype: str, output_padding=None,
-           weight_block=None) -> List[te.Tensor]:
-    """The TE tensors of ``spec`` applied to a batched NCHW ``input_shape`` (``weight_block``: the
-    weight argument is pre-packed by :func:`pack_weight`; conv2d only)."""
-    if spec.transposed:
+def define(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
+    """The TE tensors of ``request`` (``weight_block``: the weight argument is pre-packed by
+    :func:`pack_weight`; conv2d only)."""
+    if request.spec.transposed:
         if weight_block:
             raise ValueError("pre-packed weights are defined for conv2d only")
-        return conv_transpose2d(spec, input_shape, dtype, output_padding)
-    return conv2d(spec, input_shape, dtype, weight_block)
+        return conv_transpose2d(request)
+    return conv2d(request, weight_block)

@@ -14,19 +14,20 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import tvm
 
 from targets import TargetLike, resolve, target_key
 
 from . import build, cuda_binary, progress
-from .layers import batched_shape, spec_of
+from .layers import request_of
 
 LIBRARY = "conv.so"
 MANIFEST = "manifest.json"
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import tvm_ffi
 
     from . import __version__
@@ -53,65 +54,83 @@ def _cross_compiler(target):
                        "PATH (install e.g. g++-aarch64-linux-gnu, or set CXX to the cross compiler)")
 
 
-def _build(spec, shape, dtype, target, output_padding, database, out: Path):
-    """Schedule (record or hand rule, torch-layout weights), compile and write ``out/LIBRARY``:
-    (the Scheduled, the device-code entry of the manifest)."""
+def choose_schedule(request, target, database) -> build.Scheduled:
+    """The database's record for ``request`` (``database``: a folder, None for the target's default,
+    False for none), else the hand-written rule; always torch-layout weights (a library serves any
+    trained weights as they are)."""
     chosen = None
     if database is not False:
-        chosen = build.tuned_schedule(spec, shape, dtype, target, output_padding,
-                                      build.records.database_dir(target, database))
-    if chosen is None:
-        chosen = build.schedule(spec, shape, dtype, target, output_padding)
-    executable = tvm.compile(chosen.mod, target=target)
-    out.mkdir(parents=True, exist_ok=True)
-    library = out / LIBRARY
+        chosen = build.tuned_schedule(request, target, build.records.database_dir(target, database))
+    return chosen if chosen is not None else build.schedule(request, target)
+
+
+def write_library(functions: Dict[str, object], target, path: Path) -> Optional[dict]:
+    """Compile the PrimFuncs ``functions`` (entry name -> PrimFunc) into one shared library at
+    ``path``; returns the manifest's ``device_code`` entry (None for CPU targets)."""
+    mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in functions.items()})
+    executable = tvm.compile(mod, target=target)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if str(target.kind.name) != "cuda":
         fcompile = _cross_compiler(target)
-        executable.export_library(str(library), **({"fcompile": fcompile} if fcompile else {}))
-        return chosen, None
+        executable.export_library(str(path), **({"fcompile": fcompile} if fcompile else {}))
+        return None
     source = cuda_binary.device_source(executable)
     fatbin = cuda_binary.compile_device_code(source, target, "fatbin")
-    executable.export_library(str(library), fpack_imports=cuda_binary.fpack_imports_with(fatbin, source))
-    return chosen, {"format": "fatbin", "arch": str(target.attrs["arch"]), "bytes": len(fatbin)}
+    executable.export_library(str(path), fpack_imports=cuda_binary.fpack_imports_with(fatbin, source))
+    return {"format": "fatbin", "arch": str(target.attrs["arch"]), "bytes": len(fatbin)}
+
+
+def kernel_args(request) -> List[dict]:
+    """The library function's arguments, ``{name, shape, dtype}`` in order."""
+    spec, dtype = request.spec, request.dtype
+    args = [{"name": "input", "shape": list(request.input_shape), "dtype": dtype},
+            {"name": "weight", "shape": list(spec.weight_shape), "dtype": dtype}]
+    if spec.bias:
+        args.append({"name": "bias", "shape": [spec.out_channels], "dtype": dtype})
+    if request.epilogue.residual:
+        args.append({"name": "residual", "shape": list(request.output_shape), "dtype": dtype})
+    args.append({"name": "output", "shape": list(request.output_shape), "dtype": dtype})
+    return args
+
+
+def describe_schedule(chosen: build.Scheduled, request) -> dict:
+    return {"kind": "tuning-record" if chosen.rule.startswith("tuned:") else "hand-written", "name": chosen.rule,
+            "workload_hash": build.workload_hash(build.workload_module(request))}
+
+
+def target_json(target):
+    return json.loads(str(target)) if str(target).startswith("{") else str(target)
 
 
 def export_library(layer, input_shape, out_dir, target: TargetLike = None, *, dtype: str = "float32",
                    output_padding=None, database=None) -> dict:
     """Build ``layer`` for ``input_shape`` on ``target`` into ``out_dir``; returns the manifest.
 
-    ``layer``: a Conv2d/ConvTranspose2d (ours or torch's), its text, or a ConvSpec.  ``database``:
+    ``layer``: a Conv2d/ConvTranspose2d (ours or torch's), its text, a ConvSpec, or a KernelRequest
+    (with ``input_shape`` None; it holds its shape, dtype and epilogue).  ``database``:
     the tuning-record folder (None: the target's default; False: hand-written schedules only).
     """
     start = time.perf_counter()
     target = resolve(target)
-    spec = spec_of(layer)
-    shape = batched_shape(input_shape)
-    if spec.transposed and output_padding is None:
-        output_padding = spec.output_padding
-    out_shape = spec.output_shape(shape, output_padding)           # torch's shape errors, up front
-    with progress.step(f"building {spec.describe()} for {'x'.join(map(str, shape))} {dtype} on "
-                       f"{target_key(target)} into {out_dir}"):
-        chosen, device = _build(spec, shape, dtype, target, output_padding, database, Path(out_dir))
-    tuned = chosen.rule.startswith("tuned:")
+    request = request_of(layer, input_shape, dtype, output_padding)
+    spec = request.spec
+    request.output_shape                 # noqa: B018 - raises torch's shape errors, up front
     out = Path(out_dir)
-    args = [{"name": "input", "shape": list(shape), "dtype": dtype},
-            {"name": "weight", "shape": list(spec.weight_shape), "dtype": dtype}]
-    if spec.bias:
-        args.append({"name": "bias", "shape": [spec.out_channels], "dtype": dtype})
-    args.append({"name": "output", "shape": list(out_shape), "dtype": dtype})
-    workload = build.workload_module(spec, shape, dtype, output_padding)
+    with progress.step(f"building {request.describe()} for {target_key(target)} into {out_dir}"):
+        chosen = choose_schedule(request, target, database)
+        device = write_library({build.ENTRY: chosen.mod["main"]}, target, out / LIBRARY)
     manifest = {
         "library": LIBRARY,
         "entry": build.ENTRY,
-        "args": args,
+        "args": kernel_args(request),
         "layer": {"class": spec.class_name, "args": spec.constructor_args()},
-        "output_padding": list(output_padding) if spec.transposed else None,
-        "target": json.loads(str(target)) if str(target).startswith("{") else str(target),
+        "output_padding": list(request.output_padding) if spec.transposed else None,
+        "epilogue": list(request.epilogue.steps),
+        "target": target_json(target),
         "target_key": target_key(target),
-        "schedule": {"kind": "tuning-record" if tuned else "hand-written", "name": chosen.rule,
-                     "workload_hash": build.workload_hash(workload)},
+        "schedule": describe_schedule(chosen, request),
         "device_code": device,
-        "versions": _versions(),
+        "versions": versions(),
         "build_seconds": round(time.perf_counter() - start, 3),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -27,6 +27,7 @@ import tvm_ffi
 from targets import PRESETS, GpuPreset, host_target
 
 from .build import Kernel, generation, get_kernel
+from .request import Epilogue, KernelRequest
 from .spec import ConvSpec
 
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
@@ -47,9 +48,9 @@ class _ConvBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         probe = torch.empty(0, **factory)
         self._check_dtype(probe.dtype)
-        if probe.device.type not in ("cpu", "cuda"):
-            raise RuntimeError(f"{type(self).__name__} runs on CPUs and NVIDIA GPUs; got device "
-                               f"{probe.device}")
+        if probe.device.type not in ("cpu", "cuda", "meta"):
+            raise RuntimeError(f"{type(self).__name__} runs on CPUs and NVIDIA GPUs (and shapes on meta "
+                               f"tensors); got device {probe.device}")
         self.in_channels = spec.in_channels
         self.out_channels = spec.out_channels
         self.kernel_size = spec.kernel_size
@@ -71,6 +72,8 @@ class _ConvBase(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.target = None      # None: the input's device (the host CPU, or its GPU's cuda/sm_XX)
+        #: what the kernel applies after the bias (compiler.fusion's modules set it; plain layers: none)
+        self.epilogue = Epilogue()
         #: tuning records to look up: a folder, None ($TVM_CONV_DATABASE or the shipped
         #: tuning_logs/<target key>), or False (hand-written schedules only)
         self.tuning_database = None
@@ -194,24 +197,29 @@ class _ConvBase(nn.Module):
         changed attribute is a different key.
         """
         key = (self._layer_key(), output_padding, tuple(x.shape), x.dtype, x.device,
-               None if self.target is None else str(self.target), self.tuning_database, generation())
+               None if self.target is None else str(self.target), self.tuning_database, generation(),
+               self.epilogue)
         memo = self.__dict__.setdefault("_dispatch_memo", {})
         hit = memo.get(key)
         if hit is None:
             spec = spec or self._spec()
             self._check_bias(spec)
-            out_shape = spec.output_shape(tuple(x.shape), output_padding)   # raises torch's errors
-            kernel = None                   # nothing to compute: no kernel for empty outputs
-            if x.shape[0] != 0 and 0 not in out_shape:
-                kernel = get_kernel(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype],
-                                    self.target or _device_target(x.device), output_padding,
-                                    prepacked=True, database=self.tuning_database)
+            request = KernelRequest(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype], output_padding,
+                                    epilogue=self.epilogue)
+            out_shape = request.output_shape                  # raises torch's errors
+            kernel = None                   # nothing to compute: no kernel for empty outputs or meta tensors
+            if x.shape[0] != 0 and 0 not in out_shape and x.device.type != "meta":
+                kernel = get_kernel(request, self.target or _device_target(x.device), prepacked=True,
+                                    database=self.tuning_database)
             if len(memo) >= _DISPATCH_MEMO_SIZE:
                 memo.clear()
-            hit = memo[key] = (out_shape, kernel)
-        return hit
+            hit = memo[key] = (out_shape, kernel, request)
+        self.__dict__["last_request"] = hit[2]          # what this call asked for (tune_model reads it)
+        return hit[:2]
 
-    def _run(self, input: torch.Tensor, output_padding=None, spec: Optional[ConvSpec] = None) -> torch.Tensor:
+    def _run(self, input: torch.Tensor, output_padding=None, spec: Optional[ConvSpec] = None,
+             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The kernel on ``input``; ``residual`` (the epilogue's ``add`` input) has the output's shape."""
         batched = input.dim() == 4
         x = input if batched else input.unsqueeze(0)
         out_shape, kernel = self._dispatch(x, output_padding, spec)
@@ -220,6 +228,8 @@ class _ConvBase(nn.Module):
             args = [x.detach().contiguous(), self._kernel_weight(kernel)]
             if self.bias is not None:
                 args.append(self.bias.detach().contiguous())
+            if residual is not None:
+                args.append((residual if batched else residual.unsqueeze(0)).detach().contiguous())
             if x.is_cuda:
                 with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():   # torch's current stream
                     kernel(*args, y)
@@ -233,7 +243,7 @@ class _ConvBase(nn.Module):
         """Pickling and deepcopy leave the compiled kernels, packed weights and memo behind: they
         belong to this process (the copy finds them again in the process's kernel cache)."""
         state = dict(self.__dict__)
-        state.update(kernel=None, _packed_weight=None, _dispatch_memo={})
+        state.update(kernel=None, _packed_weight=None, _dispatch_memo={}, last_request=None)
         return state
 
 

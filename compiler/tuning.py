@@ -9,6 +9,7 @@ keeps every record written, and a rerun counts them toward ``trials`` and contin
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from targets.cpu import usable_cores
 from targets.cuda import local_arch
 
 from . import build, progress, records
-from .layers import batched_shape, spec_of
+from .layers import request_of
 
 
 @dataclass
@@ -124,11 +125,12 @@ def _measure(modules, target, builder, runner, args_info, rounds: int = 1):
     return [(b if math.isfinite(b) else None, e) for b, e in zip(best, errors)]
 
 
-def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: int = 64,
+def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike = None, trials: int = 64,
          work_dir=None, *, dtype: str = "float32", output_padding=None, trials_per_iter: int = 16,
          rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, seed: Optional[int] = None,
          out=None, verbose: bool = False, final_check: int = 3, population: int = 512) -> TuneResult:
-    """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``.
+    """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``,
+    or a :class:`~compiler.request.KernelRequest` (which holds its shape, dtype and epilogue).
 
     ``trials`` counts this workload's search records already in the database, so a rerun after an
     interruption continues where it stopped.  ``work_dir`` defaults to ``tuning_logs/<target key>``
@@ -141,20 +143,23 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
     out = out or sys.stdout
     start = time.perf_counter()
     target = resolve(target)
-    spec = spec_of(layer)
-    shape = batched_shape(input_shape)
-    if spec.transposed:
-        output_padding = tuple(output_padding) if output_padding is not None else spec.output_padding
+    request = request_of(layer, input_shape, dtype, output_padding)
     db_dir = records.database_dir(target, work_dir)
     workers = usable_cores()
-    # Measured here: with TVM's default core binding, the runner's worker process timed a 9 us
-    # kernel at 4-12 ms (its pool threads contend for a core); unbound, 15 us.  Workers inherit this.
+    with _unbound_threads():
+        return _tune(request, target, trials, db_dir, trials_per_iter,
+                     _runner(target, rpc_tracker, rpc_key, workers), workers, seed, out, verbose, start,
+                     final_check, population)
+
+
+@contextlib.contextmanager
+def _unbound_threads():
+    """Measured here: with TVM's default core binding, the runner's worker process timed a 9 us
+    kernel at 4-12 ms (its pool threads contend for a core); unbound, 15 us.  Workers inherit this."""
     previous_bind = os.environ.get("TVM_BIND_THREADS")
     os.environ["TVM_BIND_THREADS"] = "0"
     try:
-        return _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter,
-                     _runner(target, rpc_tracker, rpc_key, workers), workers, seed, out, verbose, start,
-                     final_check, population)
+        yield
     finally:
         if previous_bind is None:
             os.environ.pop("TVM_BIND_THREADS", None)
@@ -162,58 +167,92 @@ def tune(layer, input_shape: Sequence[int], target: TargetLike = None, trials: i
             os.environ["TVM_BIND_THREADS"] = previous_bind
 
 
-def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per_iter, runner, workers,
-          seed, out, verbose, start, final_check, population) -> TuneResult:
-    mod = build.workload_module(spec, shape, dtype, output_padding)
-    hand = build.schedule(spec, shape, dtype, target, output_padding)
+@dataclass
+class _Task:
+    """One workload of a tuning run, its hand schedule measured (or found) and committed as a record."""
+
+    request: object
+    mod: object                      # the workload IRModule (torch-layout weights)
+    hand: build.Scheduled
+    hand_key: str
+    hand_s: float
+    workload: object                 # its entry in the run's database
+    searched: List[object]           # search records already in the database (not the hand schedule)
+
+    @property
+    def distinct_searched(self) -> int:
+        """Distinct schedules searched so far (the final check re-commits traces already measured)."""
+        return len({records.trace_key(r.trace) for r in self.searched})
+
+
+def _prepare_task(request, target, db_dir, writer, builder, runner, out) -> _Task:
+    """The task of ``request``: its hand schedule's time from the database, or measured now with the
+    tuner's builder and runner and committed, so the database's best is never slower than it."""
+    mod = build.workload_module(request)
+    hand = build.schedule(request, target)
     hand_key = records.trace_key(hand.trace)
-    flops = spec.flops_for_input(shape)
-    # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
-    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120)
     known = records.workload_records(db_dir, target, mod)
     searched = [r for r in known if records.trace_key(r.trace) != hand_key]
     hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
+    workload = writer.commit_workload(mod)
+    if hand_known:
+        return _Task(request, mod, hand, hand_key, records.mean_secs(hand_known[0]), workload, searched)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    with progress.step(f"measuring the hand-written schedule of {request.describe()} (the search's "
+                       "baseline)", out):
+        ((secs, error),) = _measure([hand.mod], target, builder, runner, args_info)
+    if secs is None:
+        raise RuntimeError(f"measuring the hand-written schedule failed: {error}")
+    writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [secs], target, args_info))
+    return _Task(request, mod, hand, hand_key, secs, workload, searched)
+
+
+def _builder(workers: int):
+    # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
+    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120)
+
+
+def _search_strategy(population: int):
+    return ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                 init_min_unmeasured=min(50, population))
+
+
+def _quiet_metaschedule(verbose: bool) -> None:
+    console = logging.getLogger("tvm.s_tir.meta_schedule")
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING)   # its console handler's level
+
+
+def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, seed, out, verbose, start,
+          final_check, population) -> TuneResult:
+    flops = request.spec.flops_for_input(request.input_shape)
+    builder = _builder(workers)
     with records.RunFolder(db_dir) as run:
         writer = run.database()
-        workload = writer.commit_workload(mod)
-        if hand_known:
-            hand_s = records.mean_secs(hand_known[0])
-        else:
-            args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            with progress.step("measuring the hand-written schedule (the search's baseline)", out):
-                ((secs, error),) = _measure([hand.mod], target, builder, runner, args_info)
-            if secs is None:
-                raise RuntimeError(f"measuring the hand-written schedule failed: {error}")
-            hand_s = secs
-            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [secs], target,
-                                                                 args_info))
+        task = _prepare_task(request, target, db_dir, writer, builder, runner, out)
+        mod, hand_key, hand_s, searched = task.mod, task.hand_key, task.hand_s, task.searched
         best_known = min([hand_s] + [records.mean_secs(r) for r in searched])
         # distinct schedules: the final check re-commits traces already measured
-        remaining = max(0, trials - len({records.trace_key(r.trace) for r in searched}))
+        remaining = max(0, trials - task.distinct_searched)
         counter = _Progress(remaining, flops, best_known, out)
         if remaining:
-            out.write(f"[tune] {spec.describe()} on {'x'.join(map(str, shape))}: {remaining} trials "
+            out.write(f"[tune] {request.describe()}: {remaining} trials "
                       f"({len(searched)} already in {db_dir}), hand-written {hand_s * 1e3:.3f} ms\n")
-            console = logging.getLogger("tvm.s_tir.meta_schedule")
-            console.setLevel(logging.DEBUG if verbose else logging.WARNING)   # its console handler's level
+            _quiet_metaschedule(verbose)
             ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
                         num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
-                        runner=runner, database=writer,
-                        strategy=ms.search_strategy.EvolutionarySearch(
-                            population_size=population, init_min_unmeasured=min(50, population)),
+                        runner=runner, database=writer, strategy=_search_strategy(population),
                         cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
                         measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                         + [counter], num_tuning_cores=workers, seed=seed)
             if getattr(out, "isatty", lambda: False)():
                 out.write("\n")
         if final_check:
-            hand_s = _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, hand_key,
-                                  final_check, out) or hand_s
+            hand_s = _final_check(task, writer, target, builder, runner, db_dir, final_check, out) or hand_s
         run_dir = run.path
     build.clear_cache()                       # kernels compiled before now may have a better record
     final = records.workload_records(db_dir, target, mod)      # fastest first
     return TuneResult(
-        layer=spec.describe(), input_shape=shape, target_key=records.target_key(target),
+        layer=request.spec.describe(), input_shape=request.input_shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
         trials_run=counter.done,
         trials_total=len({records.trace_key(r.trace) for r in final} - {hand_key}),
@@ -222,16 +261,17 @@ def _tune(spec, shape, target, trials, db_dir, dtype, output_padding, trials_per
         wall_s=time.perf_counter() - start, history=counter.history)
 
 
-def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, hand_key, top: int,
-                 out):
+def _final_check(task: _Task, writer, target, builder, runner, db_dir, top: int, out):
     """Re-measure the hand schedule and the ``top`` best search records side by side, twice, and
-    commit the faster round of each as a fresh record; returns the hand schedule's time.
+    commit the faster round of each as a fresh record; returns the hand schedule's time (None when
+    there is no search record).
 
     Measurements only err upwards (another process on the cores, a cold cache), and records made
     at different moments of a long search are not comparable; this puts the finalists on one footing
     so the database's best really is the fastest, and never slower than the hand schedule."""
+    mod, hand = task.mod, task.hand
     searched = [r for r in records.workload_records(db_dir, target, mod)
-                if records.trace_key(r.trace) != hand_key]
+                if records.trace_key(r.trace) != task.hand_key]
     finalists, seen = [], set()
     for record in sorted(searched, key=records.mean_secs):
         key = records.trace_key(record.trace)
@@ -240,6 +280,8 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
             finalists.append(record.trace)
         if len(finalists) == top:
             break
+    if not finalists:
+        return None                  # nothing searched to put beside the hand schedule
     modules = [hand.mod]
     for trace in finalists:
         sch = s_tir.Schedule(mod)
@@ -251,7 +293,8 @@ def _final_check(mod, hand, writer, workload, target, builder, runner, db_dir, h
         times = _measure(modules, target, builder, runner, args_info, rounds=2)
     for trace, (secs, _) in zip([hand.trace] + finalists, times):
         if secs is not None:
-            writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], target, args_info))
+            writer.commit_tuning_record(ms.database.TuningRecord(trace, task.workload, [secs], target,
+                                                                 args_info))
     return times[0][0]
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from targets.cpu import vector_lanes
+from targets.cpu import cpu_info, vector_lanes
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,37 @@ class Workload:
     output_shape: Tuple[int, int, int, int]
     dtype: str
     accumulate_dtype: str
+    #: the request's epilogue steps after the bias (a residual "add", activations): stage ``output``
+    epilogue: Tuple[str, ...] = ()
 
 
 def accumulator_lanes(workload: Workload, target: Target) -> int:
     """SIMD lanes of the accumulation type (float32 for the half types) on ``target``."""
     return vector_lanes(target, 64 if workload.accumulate_dtype == "float64" else 32)
+
+
+def native_vector_bits(target: Target) -> int:
+    """Bits of one architectural vector register of ``target``.
+
+    LLVM's preferred width (``cpu_info().vector_bits``, the rules' vector) can be wider than the
+    registers: TVM 0.27 reports 512 bits for AVX2-only x86 CPUs (znver3, haswell), whose 16
+    registers hold 256 bits each, so there a 16-lane float32 vector occupies two registers.
+    """
+    bits = cpu_info(target).vector_bits
+    try:
+        from tvm.target import codegen
+        if codegen.llvm_cpu_has_features(["avx"], target) and \
+                not codegen.llvm_cpu_has_features(["avx512f"], target):
+            return min(bits, 256)
+    except Exception:  # noqa: BLE001 - a target LLVM cannot query features of keeps its width
+        pass
+    return bits
+
+
+def registers_per_vector(workload: Workload, target: Target) -> int:
+    """Architectural registers one vector of :func:`accumulator_lanes` occupies (1, or 2 on AVX2)."""
+    bits = 64 if workload.accumulate_dtype == "float64" else 32
+    return max(1, accumulator_lanes(workload, target) * bits // native_vector_bits(target))
 
 
 class ScheduleRule:
@@ -94,3 +120,11 @@ def vectorize_if_wide(sch: s_tir.Schedule, loop) -> None:
     extent = sch.get(loop).extent
     if not isinstance(extent, tirx.IntImm) or extent.value > 1:
         sch.vectorize(loop)
+
+
+def vectorize_pieces(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorise ``loop`` a register at a time (its largest divisor up to ``lanes``): a strided
+    gather as wide as a 128-column row took LLVM 0.9 s to compile (0.1 s in register-wide pieces)."""
+    extent = int(sch.get(loop).extent)
+    piece = max(f for f in range(1, min(lanes, extent) + 1) if extent % f == 0)
+    vectorize_if_wide(sch, sch.split(loop, factors=[None, piece])[1])

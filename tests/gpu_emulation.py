@@ -17,6 +17,7 @@ import tvm
 from tvm.target import Target
 
 from compiler import build
+from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from targets import host_target
 
@@ -45,7 +46,7 @@ def compile_serialised(mod: tvm.IRModule):
 
 def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None):
     """The hand-written CUDA schedule for ``gpu``, compiled for the host CPU: (rule name, function)."""
-    scheduled = build.schedule(spec, input_shape, dtype, gpu, output_padding)
+    scheduled = build.schedule(KernelRequest(spec, input_shape, dtype, output_padding), gpu)
     if scheduled.weight_block:
         raise ValueError("GPU schedules take torch-layout weights")
     return scheduled.rule, compile_serialised(scheduled.mod)

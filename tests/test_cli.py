@@ -202,6 +202,15 @@ CASES = [
          "not --layer/--input-shape and --layers-file", id="bench-two-sources"),
     case(bench("--layer", "Conv2d(8, 8", "--input-shape", "1,8,8,8"), "invalid syntax", id="bench-layer"),
     case(bench("--layer", GOOD, "--input-shape", "1,4,8,8"), "to have 8 channels, but got 4", id="bench-mismatch"),
+    # --- whole networks (compiler.zoo)
+    case(["build", "--model", "resnet5", "--out", "out"], "--model: unknown network 'resnet5': choose from "
+         "resnet50, mobilenet_v3_large", id="build-unknown-model"),
+    case(["build", "--out", "out"], "give --layer with --input-shape, or --model NAME", id="build-nothing"),
+    case(["tune", "--model", "resnet50", "--layer", GOOD], "--model works on whole networks: not with --layer",
+         id="tune-model-and-layer"),
+    case(["tune", "--model", "resnet50", "--trials", "0"], "--trials must be >= 1, got 0", id="tune-model-trials"),
+    case(bench("--models", "vgg"), "--models: unknown network 'vgg'", id="bench-unknown-model"),
+    case(bench("--models", "--layer", GOOD), "--models works on whole networks", id="bench-models-and-layer"),
 ]
 
 

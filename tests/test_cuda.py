@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 
 import compiler
 from compiler import build, cuda_binary
+from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 from schedules.gpu_verify import passes_gpu_verification
@@ -44,7 +45,7 @@ def test_every_variant_schedules_within_every_preset(variant, arch):
     spec, shape = VARIANTS[variant]
     target = resolve(f"cuda/{arch}")
     op = spec.output_padding if spec.transposed else None
-    scheduled = build.schedule(spec, shape, "float32", target, op)
+    scheduled = build.schedule(KernelRequest(spec, shape, "float32", op), target)
     assert scheduled.rule == "cuda-direct"
     assert passes_gpu_verification(scheduled.mod, target)
     script = scheduled.mod.script()
@@ -64,7 +65,7 @@ def test_nvcc_compiles_every_variant(variant, dtype, arch):
     spec, shape = VARIANTS[variant]
     target = resolve(f"cuda/{arch}")
     op = spec.output_padding if spec.transposed else None
-    scheduled = build.schedule(spec, shape, dtype, target, op)
+    scheduled = build.schedule(KernelRequest(spec, shape, dtype, op), target)
     source = cuda_binary.device_source(tvm.compile(scheduled.mod, target=target))
     assert "float conv_local" in source                      # registers accumulate in float32
     if dtype in HALF_C_TYPE:
@@ -113,7 +114,7 @@ def test_gpu_benchmark_runs_against_cudnn(capsys):
 def test_metaschedule_cuda_space_works_on_the_same_expressions():
     from tvm.s_tir import meta_schedule as ms
     spec, shape = VARIANTS["grouped"]
-    mod = build.workload_module(spec, shape, "float32")
+    mod = build.workload_module(KernelRequest(spec, shape, "float32"))
     ctx = ms.TuneContext(mod=mod, target=resolve("cuda/sm_90"), space_generator=ms.space_generator.PostOrderApply(
         sch_rules="cuda", postprocs="cuda", mutator_probs="cuda"), task_name="conv")
     spaces = ctx.generate_design_space()
@@ -149,5 +150,5 @@ def test_tuning_measures_on_the_local_gpu(tmp_path):
     m = compiler.Conv2d(**spec.constructor_args(), device="cuda")
     m.tuning_database = tmp_path / "db"
     assert_matches_torch(m, torch.randn(*shape, device="cuda"))
-    tuned = f"tuned:{records.workload_hash(build.workload_module(spec, shape, 'float32'))}"
+    tuned = f"tuned:{records.workload_hash(build.workload_module(KernelRequest(spec, shape, 'float32')))}"
     assert m.schedule in ("cuda-direct", tuned)

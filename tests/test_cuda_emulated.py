@@ -6,6 +6,7 @@ import torch
 from hypothesis import given
 
 import compiler
+from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from gpu_emulation import emulate
 from reference import assert_output_matches
@@ -98,7 +99,7 @@ def _shipped_cuda_records():
         for text, shape in DEFAULT_SUITE:
             spec, shape = spec_of(text), batched_shape(shape)
             op = spec.output_padding if spec.transposed else None
-            if build.tuned_schedule(spec, shape, "float32", target, op, folder) is not None:
+            if build.tuned_schedule(KernelRequest(spec, shape, "float32", op), target, folder) is not None:
                 cases.append((str(target.attrs["arch"]), text, shape))
     return cases
 
@@ -115,7 +116,8 @@ def test_shipped_cuda_records_compute_torchs_numbers(arch, layer, shape):
     m = parse_layer(layer)
     spec = m._spec()
     op = spec.output_padding if spec.transposed else None
-    tuned = build.tuned_schedule(spec, shape, "float32", target, op, records.SHIPPED / f"cuda-{arch}")
+    tuned = build.tuned_schedule(KernelRequest(spec, shape, "float32", op), target,
+                                 records.SHIPPED / f"cuda-{arch}")
     source = cuda_binary.device_source(tvm.compile(tuned.mod, target=target))
     assert arch.encode() in cuda_binary.compile_device_code(source, target, "fatbin")
     _run_and_compare(compile_serialised(tuned.mod), m, shape)

@@ -5,6 +5,7 @@ import tvm
 
 import compiler
 from compiler import build
+from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 import schedules
@@ -33,14 +34,14 @@ def _loop_kinds(mod):
 ], ids=str)
 def test_rules_parallelise_and_vectorise(spec, expected):
     shape = (1, spec.in_channels, 19, 19)
-    name = build.schedule(spec, shape, "float32", host_target(), prepacked=True).rule
+    name = build.schedule(KernelRequest(spec, shape, "float32"), host_target(), prepacked=True).rule
     assert name == expected
     for rule in CPU_RULES:
-        func = build.prim_func(spec, shape, "float32")
-        if rule.apply(func, build.workload_of(spec, shape, "float32"), host_target()) is None:
+        func = build.prim_func(KernelRequest(spec, shape, "float32"))
+        if rule.apply(func, build.workload_of(KernelRequest(spec, shape, "float32")), host_target()) is None:
             assert rule.name != expected
             continue
-        mod = build.schedule(spec, shape, "float32", host_target(), rules=[rule]).mod
+        mod = build.schedule(KernelRequest(spec, shape, "float32"), host_target(), rules=[rule]).mod
         kinds = _loop_kinds(mod)
         assert {"PARALLEL", "VECTORIZED"} <= kinds, (rule.name, kinds)
 
@@ -48,14 +49,14 @@ def test_rules_parallelise_and_vectorise(spec, expected):
 def test_transposed_spends_no_multiply_adds_on_zeros():
     # the reduction of each phase covers ceil(k/s) taps per axis, not k
     spec = ConvSpec.conv_transpose2d(8, 4, 4, stride=2, padding=1)
-    script = build.prim_func(spec, (1, 8, 6, 6), "float32").script()
+    script = build.prim_func(KernelRequest(spec, (1, 8, 6, 6), "float32")).script()
     assert "T.grid(1, 4, 2, 2, 6, 6, 8, 2, 2)" in script
 
 
 def test_direct_rule_declines_other_targets():
     from tvm.target import Target
-    func = build.prim_func(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32")
-    wl = build.workload_of(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32")
+    func = build.prim_func(KernelRequest(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32"))
+    wl = build.workload_of(KernelRequest(ConvSpec.conv2d(4, 4, 3), (1, 4, 8, 8), "float32"))
     assert CpuDirect().apply(func, wl, Target({"kind": "cuda", "arch": "sm_80"})) is None
 
 
@@ -115,7 +116,7 @@ def test_depthwise_rule_matches_torch(layer, shape):
 
 def test_depthwise_rule_pads_one_channel_plane_per_task():
     spec = ConvSpec.conv2d(16, 16, 3, padding=1, groups=16)
-    mod = build.schedule(spec, (1, 16, 20, 18), "float32", host_target()).mod
+    mod = build.schedule(KernelRequest(spec, (1, 16, 20, 18), "float32"), host_target()).mod
     passes = tvm.s_tir.transform      # the allocation placement TVM's lowering does, then its compaction
     lowered = tvm.transform.Sequential([
         passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),

@@ -16,6 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import compiler
 from compiler import build, records
+from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from compiler.tuning import tune
 from reference import assert_matches_torch
@@ -23,6 +24,7 @@ from targets import host_target, resolve
 
 LAYER, SHAPE = "Conv2d(4, 16, 3, padding=1)", (1, 4, 8, 8)
 SPEC = ConvSpec.conv2d(4, 16, 3, padding=1)
+REQUEST = KernelRequest(SPEC, SHAPE, "float32")
 REPO = Path(__file__).resolve().parent.parent
 POPULATION = 16           # a tiny evolutionary search: these tests check the plumbing, not the search
 
@@ -39,7 +41,7 @@ def tuned_db(tmp_path_factory):
 
 
 def _search_records(db, spec=SPEC, shape=SHAPE):
-    mod = build.workload_module(spec, shape, "float32")
+    mod = build.workload_module(KernelRequest(spec, shape, "float32"))
     return records.records_of(records.load(db, host_target()), mod)
 
 
@@ -48,7 +50,7 @@ def test_tiny_tuning_run_records_and_seeds_the_hand_schedule(tuned_db):
     assert result.trials_run == 4 and result.trials_total >= 1
     assert result.run_dir.parent == db and (result.run_dir / records.RECORDS).exists()
     found = _search_records(db)
-    hand = build.schedule(SPEC, SHAPE, "float32", host_target())
+    hand = build.schedule(REQUEST, host_target())
     keys = [records.trace_key(r.trace) for r in found]
     assert records.trace_key(hand.trace) in keys            # the hand schedule is a measured record
     assert result.best_ms <= result.hand_ms                  # so the best is never slower than it
@@ -61,8 +63,8 @@ def test_tiny_tuning_run_records_and_seeds_the_hand_schedule(tuned_db):
 def _db_with_forced_best(src, dst):
     """A copy of ``src`` plus one search record re-committed as the fastest, in a run of its own."""
     shutil.copytree(src, dst)
-    mod = build.workload_module(SPEC, SHAPE, "float32")
-    hand_key = records.trace_key(build.schedule(SPEC, SHAPE, "float32", host_target()).trace)
+    mod = build.workload_module(REQUEST)
+    hand_key = records.trace_key(build.schedule(REQUEST, host_target()).trace)
     searched = [r for r in _search_records(src) if records.trace_key(r.trace) != hand_key]
     assert searched, "the tiny run measured no search candidate"
     with records.RunFolder(Path(dst)) as run:
@@ -80,7 +82,7 @@ def test_lookup_serves_the_exact_workload_and_matches_torch(tuned_db, tmp_path):
     m = compiler.Conv2d(4, 16, 3, padding=1)
     m.tuning_database = tmp_path / "db"
     assert_matches_torch(m, torch.randn(*SHAPE))
-    assert m.schedule == f"tuned:{build.workload_hash(build.workload_module(SPEC, SHAPE, 'float32'))}"
+    assert m.schedule == f"tuned:{build.workload_hash(build.workload_module(REQUEST))}"
     # another shape, another layer, or no database: the hand-written rules serve
     assert_matches_torch(m, torch.randn(2, 4, 8, 8))
     assert not m.schedule.startswith("tuned:")
@@ -93,8 +95,8 @@ def test_lookup_serves_the_exact_workload_and_matches_torch(tuned_db, tmp_path):
 @pytest.mark.parametrize("ratio,tuned", [(0.99, False), (0.90, True)])
 def test_a_record_must_beat_the_hand_schedule_by_the_margin(tuned_db, tmp_path, ratio, tuned):
     db, _ = tuned_db
-    mod = build.workload_module(SPEC, SHAPE, "float32")
-    hand = build.schedule(SPEC, SHAPE, "float32", host_target())
+    mod = build.workload_module(REQUEST)
+    hand = build.schedule(REQUEST, host_target())
     other = next(r for r in _search_records(db) if records.trace_key(r.trace) != records.trace_key(hand.trace))
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     with records.RunFolder(tmp_path / "db") as run:          # just two records: hand, and one other
@@ -104,7 +106,7 @@ def test_a_record_must_beat_the_hand_schedule_by_the_margin(tuned_db, tmp_path, 
             writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], host_target(),
                                                                  args_info))
     assert build.RECORD_MARGIN == 0.03
-    chosen = build.tuned_schedule(SPEC, SHAPE, "float32", host_target(), None, tmp_path / "db")
+    chosen = build.tuned_schedule(REQUEST, host_target(), tmp_path / "db")
     assert (chosen is not None) == tuned
 
 
@@ -121,7 +123,7 @@ def test_environment_variable_points_at_a_database(tuned_db, tmp_path, monkeypat
 
 def test_records_of_another_target_are_not_used(tuned_db):
     db, _ = tuned_db
-    mod = build.workload_module(SPEC, SHAPE, "float32")
+    mod = build.workload_module(REQUEST)
     other = resolve({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
     assert records.records_of(records.load(db, other), mod) == []
     assert records.records_of(records.load(db, host_target()), mod) != []
@@ -145,7 +147,7 @@ def test_corrupt_torn_and_foreign_logs_are_skipped_with_warnings(tuned_db, tmp_p
     text = "\n".join(str(w.message) for w in caught)
     assert f"{run / records.RECORDS}:" in text and f"{foreign / records.WORKLOADS}:1" in text
     assert len(_search_records(db)) == len(records.records_of(
-        loaded, build.workload_module(SPEC, SHAPE, "float32")))
+        loaded, build.workload_module(REQUEST)))
     build.clear_cache()
     m = compiler.Conv2d(4, 16, 3, padding=1)
     m.tuning_database = bad
@@ -183,7 +185,7 @@ def test_kill_keeps_records_and_a_rerun_resumes(tmp_path):
         proc.wait()
     kept = _search_records(db)
     assert len(kept) >= 3
-    hand_key = records.trace_key(build.schedule(SPEC, SHAPE, "float32", host_target()).trace)
+    hand_key = records.trace_key(build.schedule(REQUEST, host_target()).trace)
     searched = len({records.trace_key(r.trace) for r in kept} - {hand_key})
     result = tune(LAYER, SHAPE, trials=searched + 2, trials_per_iter=2, work_dir=db, final_check=0,
                   population=POPULATION)

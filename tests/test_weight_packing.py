@@ -3,6 +3,7 @@ import torch
 
 import compiler
 from compiler import build
+from compiler.request import KernelRequest
 from targets import host_target
 from reference import assert_matches_torch
 
@@ -73,8 +74,8 @@ def test_writes_through_data_need_drop_packed_weights():
 def test_packed_kernel_takes_blocked_weights_and_exports_take_torch_layout():
     spec = compiler.ConvSpec.conv2d(8, 32, 3, padding=1)
     shape = (1, 8, 14, 14)
-    packed = build.compile_kernel(spec, shape, "float32", host_target(), prepacked=True)
-    plain = build.compile_kernel(spec, shape, "float32", host_target())
+    packed = build.compile_kernel(KernelRequest(spec, shape, "float32"), host_target(), prepacked=True)
+    plain = build.compile_kernel(KernelRequest(spec, shape, "float32"), host_target())
     assert packed.schedule == plain.schedule == "cpu-channel-vector"
     block = packed.weight_block
     assert packed.packed_weight_shape == (32 // block, 8, 3, 3, block) and plain.pack is None

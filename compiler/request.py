@@ -1,0 +1,98 @@
+"""A kernel request: everything that determines one generated kernel, as one typed, hashable value.
+
+Compute, the schedule rules, the record lookup, the kernel cache, export and tuning all take a
+:class:`KernelRequest` instead of loose ``(spec, input_shape, dtype, output_padding, ...)`` arguments,
+so a new dimension of the request (an epilogue, a layout, another operator) is added in one place.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from .spec import ConvSpec, IntPair
+
+#: Activations an epilogue can apply, by the name of their torch function (``gelu`` is the exact,
+#: erf form, ``gelu_tanh`` ``F.gelu(approximate='tanh')``).
+ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid", "gelu", "gelu_tanh", "tanh")
+#: The epilogue step that adds a residual tensor of the output's shape and dtype.
+ADD = "add"
+LAYOUTS = ("NCHW",)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What the kernel does to each accumulated output after the bias, in order, before the one
+    rounding to the layer's dtype: ``"add"`` (a residual input) and activations (``ACTIVATIONS``).
+    ResNet's last conv of a block is ``("add", "relu")``, MobileNet's expansion ``("hardswish",)``."""
+
+    steps: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        unknown = [s for s in self.steps if s != ADD and s not in ACTIVATIONS]
+        if unknown:
+            raise ValueError(f"unknown epilogue steps {unknown}: expected {ADD!r} or one of {ACTIVATIONS}")
+        if self.steps.count(ADD) > 1:
+            raise ValueError("an epilogue adds at most one residual")
+
+    @property
+    def residual(self) -> bool:
+        """The kernel takes a residual tensor (after the bias, before the output)."""
+        return ADD in self.steps
+
+    def __str__(self) -> str:
+        return "+".join(self.steps) or "none"
+
+
+@dataclass(frozen=True, eq=False)
+class KernelRequest:
+    """One kernel: operator (``spec.transposed``), layer, batched NCHW input shape, dtype, the
+    transposed layer's output padding for this call, layout and epilogue.
+
+    Equality and hashing go through :attr:`key`, which holds the layer's resolved form (``'same'``
+    and its explicit pads are one request)."""
+
+    spec: ConvSpec
+    input_shape: Tuple[int, int, int, int]
+    dtype: str
+    output_padding: Optional[IntPair] = None
+    layout: str = "NCHW"
+    epilogue: Epilogue = field(default_factory=Epilogue)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.spec.transposed:
+            padding = self.spec.output_padding if self.output_padding is None else self.output_padding
+            object.__setattr__(self, "output_padding", tuple(int(p) for p in padding))
+        else:
+            object.__setattr__(self, "output_padding", None)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not supported: expected one of {LAYOUTS}")
+        if not isinstance(self.epilogue, Epilogue):
+            object.__setattr__(self, "epilogue", Epilogue(self.epilogue))
+
+    @property
+    def op(self) -> str:
+        return "conv_transpose2d" if self.spec.transposed else "conv2d"
+
+    @functools.cached_property
+    def output_shape(self) -> Tuple[int, int, int, int]:
+        """torch's output shape (raises torch's errors for a bad request)."""
+        return tuple(self.spec.output_shape(self.input_shape, self.output_padding))
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        return (self.op, self.spec.forward_key(), self.input_shape, self.dtype, self.output_padding,
+                self.layout, self.epilogue.steps)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, KernelRequest) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def describe(self) -> str:
+        """``Conv2d(...) on 1x64x56x56 float32`` (and the epilogue when there is one)."""
+        text = f"{self.spec.describe()} on {'x'.join(map(str, self.input_shape))} {self.dtype}"
+        return text + (f" then {self.epilogue}" if self.epilogue.steps else "")
