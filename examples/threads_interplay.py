@@ -118,6 +118,10 @@ def main():
         theirs.append(reference)
         inputs.append(x)
 
+    if threads.launcher() is None or any(layer.kernel.library is None for model in ours
+                                         for layer in model.modules() if isinstance(layer, compiler.Conv2d)):
+        raise SystemExit("the OpenMP launcher is not available here (see the warning above)")
+
     times = {(w, m): [] for w in range(len(WORKLOADS)) for m in MODES}
     with torch.no_grad():
         for r in range(args.rounds):
