@@ -49,7 +49,7 @@ conv(x, reference.weight.detach(), reference.bias.detach(), y)        # any trai
 err = (y - reference(x)).abs().max().item()
 print(json.dumps({"max_abs_error": err, "compiler_imported": "compiler" in sys.modules}))
 """
-proc = subprocess.run([sys.executable, "-c", RUNNER, str(out / "cpu")], capture_output=True, text=True,
+proc = subprocess.run([sys.executable, "-c", RUNNER, str((out / "cpu").resolve())], capture_output=True, text=True,
                       check=True, cwd="/")
 result = json.loads(proc.stdout.strip().splitlines()[-1])
 print(f"fresh process: max |ours - torch| = {result['max_abs_error']:.2e}, "

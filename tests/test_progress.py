@@ -68,5 +68,5 @@ def test_a_slow_first_call_compile_reports_on_stderr(monkeypatch, capfd):
     build.clear_cache()
     compiler.Conv2d(3, 5, 3)(torch.randn(1, 3, 9, 9))
     err = capfd.readouterr().err
-    assert "[compiler] compiling Conv2d(3, 5, kernel_size=[3, 3]" in err and "1x3x9x9 float32 on llvm-" in err
+    assert "[compiler] compiling Conv2d(3, 5, kernel_size=[3, 3]" in err and "on 1x3x9x9 float32 for llvm-" in err
     assert ": done in " in err
