@@ -29,7 +29,7 @@ from targets.cpu import usable_cores
 from . import build, records
 from .conversion import convert, converted_layers
 from .request import KernelRequest
-from .tuning import (_builder, _final_check, _prepare_task, _quiet_metaschedule, _runner, _search_strategy,
+from .tuning import (_builder, _final_check, _prepare_task, _metaschedule_logging, _runner, _search_strategy,
                      _Task, _unbound_threads)
 
 
@@ -160,17 +160,17 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
             out.write(f"[tune-model] hand schedules: model convs {counter.model_ms():.2f} ms; {remaining} "
                       f"trials to run ({sum(t.distinct_searched for t in tasks)} already in the database)\n")
             if remaining:
-                _quiet_metaschedule(verbose)
-                contexts = [ms.TuneContext(mod=t.mod, target=target, space_generator="post-order-apply",
-                                           search_strategy=_search_strategy(population),
-                                           task_name=f"task{i}", rand_state=-1 if seed is None else seed + i,
-                                           num_threads=workers).clone() for i, t in enumerate(tasks)]
-                ms.tune_tasks(tasks=contexts, task_weights=[float(w) for w in weights], work_dir=str(run.path),
-                              max_trials_global=remaining, num_trials_per_iter=trials_per_iter,
-                              builder=builder, runner=runner, database=writer,
-                              cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
-                              measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                              + [counter], task_scheduler="gradient")
+                with _metaschedule_logging(verbose):
+                    contexts = [ms.TuneContext(mod=t.mod, target=target, space_generator="post-order-apply",
+                                               search_strategy=_search_strategy(population),
+                                               task_name=f"task{i}", rand_state=-1 if seed is None else seed + i,
+                                               num_threads=workers).clone() for i, t in enumerate(tasks)]
+                    ms.tune_tasks(tasks=contexts, task_weights=[float(w) for w in weights], work_dir=str(run.path),
+                                  max_trials_global=remaining, num_trials_per_iter=trials_per_iter,
+                                  builder=builder, runner=runner, database=writer,
+                                  cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
+                                  measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                                  + [counter], task_scheduler="gradient")
             if final_check:
                 for task in tasks:
                     task.hand_s = _final_check(task, writer, target, builder, runner, db_dir, final_check,

@@ -27,8 +27,10 @@ from targets import TargetLike, resolve
 from targets.cpu import usable_cores
 from targets.cuda import local_arch
 
-from . import build, progress, records
+from . import build, metaschedule_startup, progress, records
 from .layers import request_of
+
+metaschedule_startup.cache_frozen_frames()       # before MetaSchedule's first TuneContext
 
 
 @dataclass
@@ -209,7 +211,7 @@ def _prepare_task(request, target, db_dir, writer, builder, runner, out) -> _Tas
 
 def _builder(workers: int):
     # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
-    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120)
+    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120, f_build=metaschedule_startup.build)
 
 
 def _search_strategy(population: int):
@@ -217,9 +219,23 @@ def _search_strategy(population: int):
                                                  init_min_unmeasured=min(50, population))
 
 
-def _quiet_metaschedule(verbose: bool) -> None:
+@contextlib.contextmanager
+def _metaschedule_logging(verbose: bool):
+    """MetaSchedule's console at WARNING unless ``verbose``, and its logger free of unnamed handlers
+    while it runs: its ``create_loggers`` re-lists the logger's handlers by name for ``dictConfig``
+    and fails on ``None`` (``'NoneType' object has no attribute 'format'``).  pytest >= 8 attaches
+    its unnamed capture handlers to every non-propagating logger, which MetaSchedule's is after its
+    first run.  They are put back afterwards."""
     console = logging.getLogger("tvm.s_tir.meta_schedule")
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)   # its console handler's level
+    unnamed = [h for h in console.handlers if h.get_name() is None]
+    for handler in unnamed:
+        console.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            console.addHandler(handler)
 
 
 def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, seed, out, verbose, start,
@@ -237,13 +253,13 @@ def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, see
         if remaining:
             out.write(f"[tune] {request.describe()}: {remaining} trials "
                       f"({len(searched)} already in {db_dir}), hand-written {hand_s * 1e3:.3f} ms\n")
-            _quiet_metaschedule(verbose)
-            ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
-                        num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
-                        runner=runner, database=writer, strategy=_search_strategy(population),
-                        cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
-                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                        + [counter], num_tuning_cores=workers, seed=seed)
+            with _metaschedule_logging(verbose):
+                ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
+                            num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
+                            runner=runner, database=writer, strategy=_search_strategy(population),
+                            cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
+                            measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                            + [counter], num_tuning_cores=workers, seed=seed)
             if getattr(out, "isatty", lambda: False)():
                 out.write("\n")
         if final_check:

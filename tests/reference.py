@@ -4,7 +4,11 @@ Tolerances come from the dtype's arithmetic, not from observed errors.  Each out
 sum of ``K = in_channels/groups * kh * kw`` products plus the bias, accumulated in ``acc`` (float32
 for the half types).  Standard floating-point error analysis bounds the accumulation error by
 ``gamma_K * sum|x*w|`` with ``gamma_K ~= K * u_acc`` (u = unit roundoff), and the final rounding to
-the layer's dtype adds ``u_out * |y|``.  The reference is torch in float64 on the same (already
+the layer's dtype adds ``u_out * |y|``.  Below the smallest normal number ``lambda`` rounding is
+absolute: the standard model with gradual underflow is ``fl(a) = a(1 + d) + e`` with
+``|e| <= lambda * u`` (half the subnormal spacing), so each rounding also adds that much: ``K`` times
+in the accumulator's type, once in the output's (float16 outputs under ``2**-14`` otherwise fail a
+purely relative bound by a fraction of a subnormal step).  The reference is torch in float64 on the same (already
 rounded) inputs and weights, so its own error is negligible; ``sum|x*w|`` is torch's convolution of
 ``|x|`` with ``|w|`` (and ``|b|``), computed the same way.  The bound is worst-case, so a correct
 kernel never exceeds it, while an indexing or padding bug produces errors of order ``|y|``.
@@ -67,7 +71,9 @@ def assert_output_matches(ours: torch.nn.Module, x: torch.Tensor, y, **forward_k
         return y
     reduction = (ours.in_channels // ours.groups) * ours.kernel_size[0] * ours.kernel_size[1] + 1
     u_acc, u_out = UNIT_ROUNDOFF[ACCUMULATE[x.dtype]], UNIT_ROUNDOFF[x.dtype]
-    bound = reduction * u_acc * magnitude + u_out * exact.abs()
+    acc, out = ACCUMULATE[x.dtype], x.dtype
+    underflow = reduction * torch.finfo(acc).smallest_normal * u_acc + torch.finfo(out).smallest_normal * u_out
+    bound = reduction * u_acc * magnitude + u_out * exact.abs() + underflow
     err = (y.double() - exact).abs()
     worst = (err - bound).argmax()
     assert bool((err <= bound).all()), (

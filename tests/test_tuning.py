@@ -273,3 +273,21 @@ def test_rpc_arguments_are_checked():
         tune(LAYER, SHAPE, trials=1, rpc_tracker="nohost", rpc_key="k")
     with pytest.raises(ValueError, match="needs a device"):
         tune(LAYER, SHAPE, trials=1, target="cuda/sm_80")
+
+
+def test_metaschedule_runs_with_unnamed_handlers_on_its_logger(tmp_path):
+    """pytest >= 8 hangs unnamed capture handlers on non-propagating loggers; MetaSchedule's logger
+    setup fails on them, so they are set aside while it runs and put back afterwards."""
+    import logging
+    from compiler.tuning import _metaschedule_logging
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    stray = logging.NullHandler()
+    logger.addHandler(stray)
+    try:
+        with _metaschedule_logging(verbose=False):
+            assert all(h.get_name() is not None for h in logger.handlers)
+            from tvm.s_tir.meta_schedule.logging import create_loggers
+            create_loggers(log_dir=str(tmp_path), params=[{"log_dir": str(tmp_path), "logger_name": "t"}])
+        assert stray in logger.handlers
+    finally:
+        logger.removeHandler(stray)
