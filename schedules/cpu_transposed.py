@@ -1,9 +1,20 @@
 """Phase-decomposed transposed convolution for LLVM CPUs.
 
 The compute gives ``conv[n, co, phase_h, phase_w, q_h, q_w]``: within one phase every output pixel
-uses the same taps, so the phase loops go outermost and the rest is the direct schedule's register
-tile (output channels x a vector of ``q_w``), reading the input with contiguous vector loads.  The
-phases are interleaved back into NCHW, with the bias, in one parallel vectorised pass.
+uses the same taps, a dense sub-convolution.  Two schedules:
+
+- channel vectors (output channels per group a multiple of the vector): the ``cpu-channel-vector``
+  scheme on each phase.  A task owns a vector of output channels for every image and phase; it
+  packs its weights chunk by chunk of input channels (``[ci, kh, kw, V]``, L1-sized: torch's
+  ``[ci, co, kh, kw]`` holds a channel vector's weights 16 floats apart) and sweeps all phases'
+  pixel tiles with the chunk; register tiles of one channel vector x up to 6 (AVX2) / 16 (AVX-512)
+  pixels take a broadcast input.  Where the zero margins or the zero taps past the kernel's edge
+  (3x3 at stride 2: 7 of 16 phase taps) hold a good share of the multiply-adds, the phases are
+  unrolled and the pixel loops split at the margins, so those taps vanish at compile time.
+- otherwise (e.g. 3 output channels), the phase loops outermost and ``cpu-direct``'s register tile
+  (output channels x a vector of ``q_w``), reading the input with contiguous vector loads.
+
+Either way the phases are interleaved back into NCHW, with the bias, by the epilogue.
 """
 from __future__ import annotations
 
@@ -11,8 +22,9 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, has_block, schedule_pad, vectorize_if_wide
-from .cpu_direct import choose_config
+from .base import ScheduleRule, accumulator_lanes, has_block, schedule_pad, vectorize_if_wide, vectorize_pieces
+from .cpu_direct import choose_config, vector_registers
+from .cpu_tiles import DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, register_tile
 
 
 class CpuTransposed(ScheduleRule):
@@ -21,7 +33,70 @@ class CpuTransposed(ScheduleRule):
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
             return None
-        info = cpu_info(target)
+        spec = workload.spec
+        if (spec.out_channels // spec.groups) % accumulator_lanes(workload, target) == 0:
+            return self._apply_channel_vector(func, workload, target)
+        return self._apply_direct(func, workload, target)
+
+    def _apply_channel_vector(self, func, workload, target):
+        spec = workload.spec
+        lanes = accumulator_lanes(workload, target)
+        sch = s_tir.Schedule(func)
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
+        n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
+        extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
+        phases, taps = (extent(ph), extent(pw)), (extent(rh), extent(rw))
+        pixels = (extent(qh), extent(qw))
+        # A task holds one channel vector's sums for every image (each chunk of weights is packed
+        # once) unless they outgrow the cache or there are fewer channel vectors than cores.
+        vectors, kh, kw = spec.out_channels // lanes, *spec.kernel_size
+        sums = phases[0] * phases[1] * pixels[0] * pixels[1] * lanes * DTYPE_BYTES[workload.accumulate_dtype]
+        every_image = vectors >= cpu_info(target).num_cores and extent(n) * sums <= SUMS_BYTES
+        tiles = blocked_tiles(sch, workload, target, lanes, extent(rc), taps, pixels,
+                              extent(n) * sums if every_image else sums, phases=phases, packed_taps=kh * kw)
+        # Step 1. Zero margins and zero taps: read through their index maps where dead taps are
+        # dropped (step 6), else the margins materialised in parallel.
+        if tiles.skips_dead_taps:
+            for stage in ("pad", "weight_pad"):
+                if has_block(sch, stage):
+                    sch.compute_inline(sch.get_sblock(stage))
+        else:
+            schedule_pad(sch, workload)
+        # Step 2. A task per channel vector (and image, unless ``every_image``); the reduction in
+        # chunks of input channels, all phases inside.
+        co_o, co_i = sch.split(co, factors=[None, lanes])
+        rc_o, rc_i = sch.split(rc, factors=[None, tiles.chunk])
+        qh_o, qh_i = sch.split(qh, factors=[None, tiles.rows])
+        qw_o, qw_i = sch.split(qw, factors=[None, tiles.columns])
+        if every_image:
+            sch.reorder(co_o, rc_o, n, ph, pw, qh_o, qw_o, rc_i, rh, rw, qh_i, qw_i, co_i)
+            task = co_o
+        else:
+            sch.reorder(n, co_o, rc_o, ph, pw, qh_o, qw_o, rc_i, rh, rw, qh_i, qw_i, co_i)
+            task = sch.fuse(n, co_o)
+        sch.parallel(task)
+        # Step 3. Each chunk's weights packed channel-vector-last just before it is used.
+        pack_block = sch.get_sblock("weight_pad") if has_block(sch, "weight_pad") else \
+            sch.cache_read(conv, "weight", "global")
+        sch.transform_layout(pack_block, ("write", 0), lambda i, o, r, c: (o // lanes, i, r, c, o % lanes))
+        sch.compute_at(pack_block, rc_o)
+        vectorize_if_wide(sch, sch.get_loops(pack_block)[-1])
+        # Step 4. The task's sums channel-vector-last across chunks; the epilogue interleaves the
+        # phases into NCHW (with the bias) once the task is complete.
+        sch.transform_layout(conv, ("write", 0),
+                             lambda b, c, i, j, y, x: (b, c // lanes, i, j, y, x, c % lanes))
+        sch.compute_inline(sch.get_sblock("interleave"))
+        sch.reverse_compute_at(out, task)
+        vectorize_pieces(sch, sch.get_loops(out)[-1], lanes)
+        # Step 5. One channel vector x the pixel tile in registers (taps unrolled to drop dead ones).
+        register_tile(sch, co_i, (qh_i, qw_i), (rh, rw) if tiles.skips_dead_taps else ())
+        init = sch.decompose_reduction(conv, rc_o)
+        vectorize_if_wide(sch, sch.get_loops(init)[-1])
+        # Step 6. Pieces: phases one by one, then tiles straddling a margin, and partial tiles.
+        partition_pieces(sch, tiles, pixels, tile_loops=(-8, -7), phase_loops=((-10, phases[0]), (-9, phases[1])))
+        return sch
+
+    def _apply_direct(self, func, workload, target):
         lanes = accumulator_lanes(workload, target)
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
@@ -31,7 +106,7 @@ class CpuTransposed(ScheduleRule):
             sch.parallel(sch.get_loops(sch.get_sblock("weight_pad"))[0])
         n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
         extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
-        cfg = choose_config(extent(co), extent(qw), lanes, info.vector_registers)
+        cfg = choose_config(extent(co), extent(qw), lanes, vector_registers(workload, target))
         # Step 1. Register tile of output channels x phase columns, phases outermost.
         co_o, co_i = sch.split(co, factors=[None, cfg.co_tile])
         qw_o, qw_i = sch.split(qw, factors=[None, cfg.ow_tile])
@@ -48,11 +123,8 @@ class CpuTransposed(ScheduleRule):
         vectorize_if_wide(sch, sch.get_loops(cw)[-1])
         # Step 3. Interleave the phases into NCHW with the bias, in parallel.
         sch.compute_inline(sch.get_sblock("interleave"))
-        # Rows are vectorised a register at a time: each vector gathers from the phases, and a gather
-        # as wide as a 128-column row took LLVM 0.9 s to compile (0.1 s in register-wide pieces).
+        # Rows are vectorised a register at a time: each vector gathers from the phases.
         on, oc, oh, ow = sch.get_loops(sch.get_sblock("output"))
         sch.parallel(sch.fuse(on, oc))
-        width = extent(ow)
-        piece = max(f for f in range(1, min(lanes, width) + 1) if width % f == 0)
-        vectorize_if_wide(sch, sch.split(ow, factors=[None, piece])[1])
+        vectorize_pieces(sch, ow, lanes)
         return sch

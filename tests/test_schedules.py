@@ -133,3 +133,94 @@ def test_depthwise_rule_pads_one_channel_plane_per_task():
 def test_channel_vector_rule_matches_torch(layer):
     assert_matches_torch(layer, torch.randn(2, layer.in_channels, 14, 21))
     assert layer.schedule == "cpu-channel-vector"
+
+
+# Blocked channel-vector tiles (schedules/cpu_tiles.py): deep reductions, dead padding taps, and the
+# transposed phases on channel vectors.
+
+@pytest.mark.parametrize("layer,shape,expected", [
+    (compiler.Conv2d(32, 32, 3, padding=6, dilation=6, bias=False), (1, 32, 32, 32), "cpu-channel-vector"),  # ASPP
+    (compiler.Conv2d(16, 32, 3, padding=24, dilation=24), (2, 16, 32, 32), "cpu-channel-vector"),  # 75% dead
+    (compiler.Conv2d(16, 16, 3, padding=40, dilation=40, bias=False), (1, 16, 16, 16), "cpu-channel-vector"),
+    (compiler.Conv2d(8, 32, (3, 2), stride=(2, 3), padding=(9, 5), dilation=(9, 5), groups=2), (2, 8, 19, 23),
+     "cpu-channel-vector"),
+    (compiler.Conv2d(1024, 16, 3, padding=1), (1, 1024, 6, 9), "cpu-channel-vector"),           # deep: chunked
+    (compiler.Conv2d(16, 16, 3, padding=1), (1, 16, 32, 32), "cpu-direct"),                     # whole vectors
+], ids=repr)
+def test_blocked_channel_vector_matches_torch(layer, shape, expected):
+    assert_matches_torch(layer, torch.randn(*shape))
+    assert layer.schedule == expected
+
+
+def _taps_read(spec, shape):
+    """The (kh, kw) taps whose packed weights the lowered kernel still reads."""
+    import re
+    sched = build.schedule(KernelRequest(spec, shape, "float32"), host_target(), prepacked=True)
+    s_tir, tirx = tvm.s_tir.transform, tvm.tirx.transform
+    lowered = tvm.transform.Sequential([
+        s_tir.LowerInitBlock(), s_tir.ConvertBlocksToOpaque(), s_tir.LowerOpaqueBlock(),
+        tirx.UnrollLoop(), tirx.StmtSimplify(), tirx.RemoveNoOp()])(sched.mod).script()
+    return {(int(r), int(c)) for r, c in re.findall(r"weight\[0, \w+, (\d), (\d), ", lowered)}
+
+
+def test_taps_reading_only_zero_padding_are_dropped():
+    # dilation 40 on a 16x16 image: every tap but the centre reads padding for every pixel
+    assert _taps_read(ConvSpec.conv2d(16, 16, 3, padding=40, dilation=40, bias=False), (1, 16, 16, 16)) == {(1, 1)}
+    # dilation 12: every tap reads the image for some pixels
+    assert len(_taps_read(ConvSpec.conv2d(16, 16, 3, padding=12, dilation=12, bias=False), (1, 16, 16, 16))) == 9
+
+
+def test_tap_ranges_follow_the_padding():
+    from tvm import s_tir
+    from schedules.cpu_tiles import dead_tap_share, tap_ranges
+    func = build.prim_func(KernelRequest(ConvSpec.conv2d(16, 16, 3, padding=6, dilation=6), (1, 16, 32, 32), "float32"))
+    rows = tap_ranges(s_tir.Schedule(func), 2, 2, 5, 3, 32)
+    assert rows.ranges == (((6, 32), (0, 32), (0, 26)),) and rows.breakpoints(0) == [6, 26]
+    assert dead_tap_share(rows, rows) == pytest.approx(1 - (84 / 96) ** 2)
+    # transposed 3x3 at stride 2: phase 0's second tap is past the kernel's edge (a zero weight),
+    # phase 1's first reads row q + 1 (the bottom margin for the last row)
+    func = build.prim_func(KernelRequest(ConvSpec.conv_transpose2d(16, 16, 3, stride=2, padding=1, output_padding=1),
+                                         (1, 16, 7, 7), "float32"))
+    rows = tap_ranges(s_tir.Schedule(func), 2, 4, 7, 2, 7, phase=2, phases=2)
+    assert rows.ranges == (((0, 7), (0, 0)), ((0, 6), (0, 7)))
+
+
+@pytest.mark.parametrize("extent,tile,breakpoints,expected", [
+    (32, 4, (), []), (32, 6, (), [5]), (32, 4, (6, 26), [1, 2, 6, 7]), (32, 4, (8, 24), [2, 6]),
+    (4, 4, (1, 2, 3), []), (7, 6, (1, 6), [1]),
+])
+def test_tile_cuts_isolate_straddling_and_partial_tiles(extent, tile, breakpoints, expected):
+    from schedules.cpu_tiles import tile_cuts
+    assert tile_cuts(extent, tile, breakpoints) == expected
+
+
+def test_blocked_tiles_fit_the_register_file():
+    from tvm.target import Target
+    from schedules.base import native_vector_bits
+    from schedules.cpu_tiles import pixel_tile_limit, reduction_chunk, tile_extent
+    wl = build.workload_of(KernelRequest(ConvSpec.conv2d(16, 16, 3), (1, 16, 8, 8), "float32"))
+    avx2, avx512 = Target({"kind": "llvm", "mcpu": "znver3"}), Target({"kind": "llvm", "mcpu": "znver4"})
+    assert native_vector_bits(avx2) == 256 and native_vector_bits(avx512) == 512
+    assert pixel_tile_limit(wl, avx2) == 6       # 6 pixels x 2 registers + weights (2) + broadcast < 16
+    assert pixel_tile_limit(wl, avx512) == 16    # half of the 32 registers, as measured on znver4
+    assert [tile_extent(e, 6) for e in (4, 32, 28, 7, 13)] == [4, 4, 4, 6, 6]
+    small, large = 64 * 1024, 1024 * 1024                      # a task's sums: in L2, or not
+    assert [reduction_chunk(c, 9 * 64, small) for c in (3, 16, 100, 2048, 17, 24)] == [3, 16, 10, 16, 17, 12]
+    assert reduction_chunk(128, 4 * 64, large) == 128          # one chunk: the sums are read once
+    assert reduction_chunk(2048, 9 * 64, large) == 256         # as many weights as the cache holds
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (compiler.ConvTranspose2d(32, 32, 4, 2, 1, bias=False), (2, 32, 4, 4)),                   # DCGAN
+    (compiler.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), (3, 16, 1, 1)),                   # DCGAN's first
+    (compiler.ConvTranspose2d(16, 16, 3, stride=2, padding=1, output_padding=1), (1, 16, 7, 9)),
+    (compiler.ConvTranspose2d(24, 32, 4, stride=2, padding=1), (1, 24, 16, 16)),              # margins kept
+    (compiler.ConvTranspose2d(8, 32, 3, stride=(3, 2), padding=(2, 1), dilation=(2, 3), output_padding=(1, 2),
+                              groups=2), (2, 8, 5, 6)),
+    (compiler.ConvTranspose2d(16, 16, 2, stride=2), (1, 16, 9, 11)),                          # no margins
+    (compiler.ConvTranspose2d(16, 16, 4, 2, 1, dtype=torch.float64), (1, 16, 5, 5)),
+    (compiler.ConvTranspose2d(16, 16, 4, 2, 1, dtype=torch.bfloat16), (1, 16, 5, 5)),
+], ids=repr)
+def test_transposed_channel_vector_matches_torch(layer, shape):
+    assert_matches_torch(layer, torch.randn(*shape).to(layer.weight.dtype))
+    assert layer.schedule == "cpu-transposed-phase"
