@@ -6,7 +6,8 @@ of ``V`` output channels' weights is one contiguous load; each input pixel is a 
 so strided and dilated layers read the input as cheaply as stride-1 ones.  The register tile is
 ``V`` channels x 5-16 output columns; the bias/cast epilogue writes the tile back to NCHW.
 Applies when every vector of channels stays inside one group (``out_channels/groups % V == 0``)
-and a good column tile divides the output width.
+and a good column tile divides the output width, or, where a vector takes two registers (AVX2),
+whatever the width, through the blocked variant.
 
 The blocked variant (``cpu_tiles``: a task per channel vector, the reduction in L1-sized chunks, a
 register tile sized to the register file, taps reading zero padding dropped) serves, whatever their
@@ -20,7 +21,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, schedule_pad, vectorize_if_wide, vectorize_pieces
+from .base import (ScheduleRule, accumulator_lanes, registers_per_vector, schedule_pad, vectorize_if_wide,
+                   vectorize_pieces)
 from .cpu_tiles import (DTYPE_BYTES, BlockedTiles, blocked_tiles, partition_pieces, pixel_tile_limit,
                         register_tile)
 
@@ -65,8 +67,14 @@ class CpuChannelVector(ScheduleRule):
         # The plain tile can spill (AVX2: 7-8 columns x a 16-lane vector are 14-16 of the 16
         # registers); the blocked variant's tile fits them, measured 2x faster on znver3 for the
         # 7x7 stem, 64 channels on 56x56 and 256 on 14x14 (6.6 -> 3.0 ms single-threaded).
+        # Where the plain tile does not apply (widths 32, 64, 1), cpu-direct's columns-on-SIMD tile
+        # ran 0.4-0.8x torch on znver3 (vectors of two registers) and the blocked one 0.7-1.2x
+        # (single-threaded: Conv2d(2048, 512, 1) on 32x32 203 -> 42 ms, (1024, 512, 1) 34 -> 20,
+        # (512, 512, 3, dilation=2) 82 -> 64, (256, 128, 1) on 64x64 8.2 -> 6.1, ASPP's pooled
+        # (2048, 256, 1) on 1x1 0.22 -> 0.11); on AVX-512 cpu-direct keeps them (see column_tile).
         spills = ow_tile is not None and ow_tile > pixel_tile_limit(workload, target)
-        if tiles.deep or tiles.skips_dead_taps or spills:
+        two_register_vectors = registers_per_vector(workload, target) > 1
+        if tiles.deep or tiles.skips_dead_taps or spills or (ow_tile is None and two_register_vectors):
             return self._apply_blocked(func, workload, target, tiles)
         if ow_tile is None:
             return None

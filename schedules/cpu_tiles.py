@@ -269,7 +269,12 @@ def blocked_tiles(sch: s_tir.Schedule, workload, target, lanes: int, channels: i
     itemsize = DTYPE_BYTES[workload.dtype]
     deep = channels * kh * kw * lanes * itemsize > DEEP_WEIGHT_BYTES
     limit = pixel_tile_limit(workload, target)
-    columns = tile_extent(pixels[1], limit)
+    # A 1x1 kernel reuses each weight vector only across the tile's pixels, so there the tile takes
+    # every register it may (the last tile holding the remainder): single-threaded on znver3 (AVX2,
+    # 6-pixel limit), 32 wide, 6 columns against the divisor 4: Conv2d(2048, 512, 1) 40 -> 52
+    # GFLOP/s, (1024, 512, 1) 46 -> 53, (256, 64, 1) on 56x56 55 -> 65; 3x3 keeps the divisor
+    # (64 channels on 56x56: 76 GFLOP/s with 4 columns, 66 with 6).
+    columns = min(pixels[1], limit) if kh * kw == 1 else tile_extent(pixels[1], limit)
     rows = tile_extent(pixels[0], max(1, limit // columns))
     row_ranges = column_ranges = None
     if zero_padding and kh * kw <= MAX_UNROLLED_TAPS:

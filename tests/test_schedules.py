@@ -10,6 +10,7 @@ from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 import schedules
 from schedules import CPU_RULES, CpuDirect, CpuFallback
+from schedules.base import registers_per_vector
 from schedules.cpu_depthwise import choose_config as depthwise_config
 from schedules.cpu_channel_vector import column_tile as channel_vector_columns
 from schedules.cpu_direct import choose_config
@@ -23,7 +24,7 @@ def _loop_kinds(mod):
 
 
 @pytest.mark.parametrize("spec,expected", [
-    (ConvSpec.conv2d(16, 16, 3, padding=1), "cpu-direct"),
+    (ConvSpec.conv2d(16, 12, 3, padding=1), "cpu-direct"),   # channels not whole vectors
     (ConvSpec.conv2d(16, 16, 3, padding=2), "cpu-channel-vector"),
     (ConvSpec.conv2d(8, 32, 3, stride=2, padding=2, dilation=2, padding_mode="reflect"), "cpu-channel-vector"),
     (ConvSpec.conv2d(8, 8, 3, padding=1, groups=8, padding_mode="circular"), "cpu-depthwise"),
@@ -145,10 +146,18 @@ def test_channel_vector_rule_matches_torch(layer):
     (compiler.Conv2d(8, 32, (3, 2), stride=(2, 3), padding=(9, 5), dilation=(9, 5), groups=2), (2, 8, 19, 23),
      "cpu-channel-vector"),
     (compiler.Conv2d(1024, 16, 3, padding=1), (1, 1024, 6, 9), "cpu-channel-vector"),           # deep: chunked
-    (compiler.Conv2d(16, 16, 3, padding=1), (1, 16, 32, 32), "cpu-direct"),                     # whole vectors
+    # whole vectors of columns: cpu-direct's columns-on-SIMD tile, unless a vector takes two
+    # registers (AVX2), where the blocked channel-vector tile serves
+    (compiler.Conv2d(16, 16, 3, padding=1), (1, 16, 32, 32), "cpu-direct or, on AVX2, cpu-channel-vector"),
+    (compiler.Conv2d(64, 32, 1), (1, 64, 32, 32), "cpu-direct or, on AVX2, cpu-channel-vector"),
+    (compiler.Conv2d(96, 32, 1, bias=False), (2, 96, 1, 1), "cpu-direct or, on AVX2, cpu-channel-vector"),
 ], ids=repr)
 def test_blocked_channel_vector_matches_torch(layer, shape, expected):
     assert_matches_torch(layer, torch.randn(*shape))
+    if expected.startswith("cpu-direct or"):
+        request = KernelRequest(layer._spec(), shape, "float32")
+        two_registers = registers_per_vector(build.workload_of(request), host_target()) > 1
+        expected = "cpu-channel-vector" if two_registers else "cpu-direct"
     assert layer.schedule == expected
 
 
