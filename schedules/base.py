@@ -46,10 +46,16 @@ def native_vector_bits(target: Target) -> int:
     return bits
 
 
-def registers_per_vector(workload: Workload, target: Target) -> int:
-    """Architectural registers one vector of :func:`accumulator_lanes` occupies (1, or 2 on AVX2)."""
+def registers_per_vector(workload: Workload, target: Target, lanes: Optional[int] = None) -> int:
+    """Architectural registers one vector of ``lanes`` (default :func:`accumulator_lanes`) occupies
+    (1, or 2 for 16 float32 lanes on AVX2)."""
     bits = 64 if workload.accumulate_dtype == "float64" else 32
-    return max(1, accumulator_lanes(workload, target) * bits // native_vector_bits(target))
+    return max(1, (lanes or accumulator_lanes(workload, target)) * bits // native_vector_bits(target))
+
+
+def native_lanes(workload: Workload, target: Target) -> int:
+    """Accumulator lanes of one architectural vector register (8 float32 on AVX2)."""
+    return max(1, native_vector_bits(target) // (64 if workload.accumulate_dtype == "float64" else 32))
 
 
 class ScheduleRule:

@@ -21,8 +21,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, registers_per_vector, schedule_pad, vectorize_if_wide,
-                   vectorize_pieces)
+from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
+                   vectorize_if_wide, vectorize_pieces)
 from .cpu_tiles import (DTYPE_BYTES, BlockedTiles, blocked_tiles, partition_pieces, pixel_tile_limit,
                         register_tile)
 
@@ -48,11 +48,17 @@ class CpuChannelVector(ScheduleRule):
     name = "cpu-channel-vector"
 
     def weight_block(self, workload, target):
+        """The channel vector: the accumulator's lanes, or one register's where only those divide the
+        group's output channels (AVX2: 24, 40, 56, ... channels take 8-lane vectors; on znver3,
+        single-threaded, Conv2d(96, 24, 1) on 56x56 ran 5 GFLOP/s with cpu-direct)."""
         spec = workload.spec
-        lanes = accumulator_lanes(workload, target)
-        if str(target.kind) != "llvm" or spec.transposed or (spec.out_channels // spec.groups) % lanes:
+        if str(target.kind) != "llvm" or spec.transposed:
             return None
-        return lanes
+        per_group = spec.out_channels // spec.groups
+        for lanes in (accumulator_lanes(workload, target), native_lanes(workload, target)):
+            if per_group % lanes == 0:
+                return lanes
+        return None
 
     def apply(self, func, workload, target):
         lanes = self.weight_block(workload, target)
@@ -72,7 +78,7 @@ class CpuChannelVector(ScheduleRule):
         # (single-threaded: Conv2d(2048, 512, 1) on 32x32 203 -> 42 ms, (1024, 512, 1) 34 -> 20,
         # (512, 512, 3, dilation=2) 82 -> 64, (256, 128, 1) on 64x64 8.2 -> 6.1, ASPP's pooled
         # (2048, 256, 1) on 1x1 0.22 -> 0.11); on AVX-512 cpu-direct keeps them (see column_tile).
-        spills = ow_tile is not None and ow_tile > pixel_tile_limit(workload, target)
+        spills = ow_tile is not None and ow_tile > pixel_tile_limit(workload, target, lanes)
         two_register_vectors = registers_per_vector(workload, target) > 1
         if tiles.deep or tiles.skips_dead_taps or spills or (ow_tile is None and two_register_vectors):
             return self._apply_blocked(func, workload, target, tiles)
@@ -104,7 +110,7 @@ class CpuChannelVector(ScheduleRule):
         return sch
 
     def _apply_blocked(self, func, workload, target, tiles: BlockedTiles):
-        lanes = accumulator_lanes(workload, target)
+        lanes = self.weight_block(workload, target)
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. The padding: materialised in parallel, or read through its index map where the

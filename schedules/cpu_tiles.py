@@ -54,13 +54,13 @@ MAX_UNROLLED_TAPS = 16
 MAX_UNROLLED = 1024
 
 
-def pixel_tile_limit(workload, target) -> int:
+def pixel_tile_limit(workload, target, lanes: Optional[int] = None) -> int:
     """Pixels per register tile of one channel vector: the accumulators, the weight vector and one
     broadcast input must fit the register file (AVX2: a 16-lane vector takes two of the 16
     registers, so 6 pixels = 12 accumulators), and at most half the register file's vectors
     (AVX-512: 16 pixels, the best of 7-16 measured on znver4, see ``column_tile``)."""
     registers = cpu_info(target).vector_registers
-    per_vector = registers_per_vector(workload, target)
+    per_vector = registers_per_vector(workload, target, lanes)
     return max(1, min(registers // 2, (registers - 1 - per_vector) // per_vector))
 
 
@@ -268,7 +268,7 @@ def blocked_tiles(sch: s_tir.Schedule, workload, target, lanes: int, channels: i
     kh, kw = taps
     itemsize = DTYPE_BYTES[workload.dtype]
     deep = channels * kh * kw * lanes * itemsize > DEEP_WEIGHT_BYTES
-    limit = pixel_tile_limit(workload, target)
+    limit = pixel_tile_limit(workload, target, lanes)
     # A 1x1 kernel reuses each weight vector only across the tile's pixels, so there the tile takes
     # every register it may (the last tile holding the remainder): single-threaded on znver3 (AVX2,
     # 6-pixel limit), 32 wide, 6 columns against the divisor 4: Conv2d(2048, 512, 1) 40 -> 52

@@ -233,3 +233,21 @@ def test_blocked_tiles_fit_the_register_file():
 def test_transposed_channel_vector_matches_torch(layer, shape):
     assert_matches_torch(layer, torch.randn(*shape).to(layer.weight.dtype))
     assert layer.schedule == "cpu-transposed-phase"
+
+
+@pytest.mark.parametrize("mcpu,block,rule", [("znver3", 8, "cpu-channel-vector"), ("znver4", None, "cpu-direct")])
+def test_avx2_takes_one_register_channel_vectors(mcpu, block, rule):
+    """24 output channels are no whole 16-lane vector; on AVX2, whose registers hold 8 float32,
+    they are three one-register vectors (AVX-512's 16-lane registers leave them to cpu-direct)."""
+    from tvm.target import Target
+    from schedules import CpuChannelVector
+    request = KernelRequest(ConvSpec.conv2d(96, 24, 1), (1, 96, 20, 20), "float32")
+    target = Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    assert CpuChannelVector().weight_block(build.workload_of(request), target) == block
+    assert build.schedule(request, target, prepacked=True).rule == rule
+
+
+@pytest.mark.parametrize("layer", [compiler.Conv2d(96, 24, 1), compiler.Conv2d(40, 40, 3, padding=1, groups=5),
+                                   compiler.Conv2d(8, 56, 3, stride=2, bias=False)], ids=repr)
+def test_channel_vectors_of_any_register_width_match_torch(layer):
+    assert_matches_torch(layer, torch.randn(2, layer.in_channels, 17, 12))
