@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import compiler
 from compiler import zoo
-from compiler.conversion import ConversionWarning, convert, converted_layers
+from compiler.conversion import CPU_TORCH_ACTIVATIONS, ConversionWarning, convert, converted_layers
 from compiler.fusion import FusedConv2d, FusedConvTranspose2d
 
 U32 = 2.0 ** -24
@@ -179,9 +179,21 @@ def test_inverted_residual_with_squeeze_excitation():
 def test_transposed_decoder_with_concatenation():
     model = _randomise_batch_norms(Decoder().eval())
     converted = convert(model)
-    assert _fused(converted) == {"down": "gelu", "up": "relu", "fuse": "silu"}
+    # on the CPU, GELU and SiLU stay torch's (vectorised) ops: see CPU_TORCH_ACTIVATIONS
+    assert _fused(converted) == {"up": "relu"}
     assert isinstance(converted.up, FusedConvTranspose2d)
+    assert type(converted.down) is compiler.Conv2d and type(converted.fuse) is compiler.Conv2d
     assert_model_matches(model, converted, torch.randn(2, 8, 12, 12))
+
+
+@pytest.mark.parametrize("target,fused", [
+    ({"kind": "cuda", "arch": "sm_80"}, {"down": "gelu", "up": "relu", "fuse": "silu"}),
+    ("llvm", {"up": "relu"}),
+])
+def test_transcendental_activations_fuse_on_gpus_only(target, fused):
+    assert CPU_TORCH_ACTIVATIONS >= {"silu", "gelu", "sigmoid", "tanh"}
+    converted = convert(_randomise_batch_norms(Decoder().eval()), target=target)
+    assert _fused(converted) == fused
 
 
 def test_a_conv_used_twice_is_converted_once_and_not_folded():
