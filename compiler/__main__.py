@@ -303,9 +303,16 @@ def prepare(args) -> Prepared:
             if not torch.cuda.is_available():
                 raise UsageError("--device cuda: no CUDA GPU is usable here (torch.cuda.is_available() "
                                  "is False)")
+        _at_least("--batch", args.batch, 1)
+        if args.tf32 and (args.device != "cuda" or args.dtype != "float32"):
+            raise UsageError("--tf32 is about cuDNN's float32 convolutions: it needs --device cuda and "
+                             "--dtype float32")
         if args.models is not None:
             if args.device != "cpu":
                 raise UsageError("--models runs on the CPU (--device cpu)")
+            if args.dtype != "float32" or args.batch is not None or args.channels_last:
+                raise UsageError("--models measures each network at its own input in float32 (no --dtype, "
+                                 "--batch or --channels-last)")
             return Prepared("bench", [], models=_check_models(args, "--models", args.models))
         return Prepared("bench", _selected_layers(args, default_suite=True))
     target = check_target(args.target)
@@ -369,7 +376,8 @@ def _run(job: Prepared, args) -> None:
     elif job.command == "bench":
         from . import bench as bench_mod
         bench_mod.run(job.layers, threads=args.threads, csv_path=args.csv, json_path=args.json,
-                      tuned=not args.no_tuned, device=args.device)
+                      tuned=not args.no_tuned, device=args.device,
+                      setting=bench_mod.Setting(args.dtype, args.batch, args.channels_last, args.tf32))
     elif job.command == "tune" and job.models:
         from . import zoo
         from .model_tuning import tune_model
@@ -433,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cuda: both sides on the local GPU (torch uses cuDNN)")
     bench.add_argument("--models", nargs="*", metavar="NAME", help="whole networks (compiler.zoo; all when "
                        "none is named), torch against their fused and unfused conversions")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                       help="element type of inputs and layers, both sides (default float32)")
+    bench.add_argument("--batch", type=int, help="batch size of every layer's input (default: each shape's own)")
+    bench.add_argument("--channels-last", action="store_true", help="inputs in torch.channels_last format")
+    bench.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                       help="--device cuda, float32: let cuDNN use TF32 tensor cores (torch's default; ours "
+                            "compute exact float32); default off")
     bench.add_argument("--csv", help="also write the table as CSV")
     bench.add_argument("--json", help="also write the table as JSON")
 

@@ -63,6 +63,9 @@ class Row:
     #: the same two speedups from each side's fastest round instead of its median round
     fastest_speedup: float = float("nan")
     fastest_tuned_speedup: float = float("nan")
+    torch_gflops: float = float("nan")
+    dtype: str = "float32"
+    memory_format: str = "contiguous"
 
 
 def _round_time(fn: Callable[[], object], min_seconds: float, device: str = "cpu") -> float:
@@ -80,38 +83,53 @@ def _round_time(fn: Callable[[], object], min_seconds: float, device: str = "cpu
             return elapsed / calls
 
 
-def measure_peak_gflops(size: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
-    """This machine's attainable FP32 rate: the best of several large torch GEMMs (oneDNN/MKL reach
-    ~90% of the FMA units' peak on such sizes, so this is a slight underestimate of the true peak).
+def measure_peak_gflops(size: int = 2048, repeats: int = 10, device: str = "cpu", dtype: str = "float32") -> float:
+    """This machine's attainable rate in ``dtype``: the best of several large torch GEMMs (oneDNN/MKL
+    reach ~90% of the FMA units' peak on such sizes, cuBLAS that of the tensor cores in the half
+    types and, with TF32 allowed, float32), so a slight underestimate of the true peak.
     Short rounds, many of them: on this shared VM one in a few rounds runs at full speed."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    kind = getattr(torch, dtype)
+    if device == "cpu" and dtype != "float32":
+        size = min(size, 512)          # half-type GEMMs on CPUs without their instructions are slow
+    a, b = (torch.randn(size, size, device=device, dtype=kind) for _ in range(2))
     torch.mm(a, b)
     best = min(_round_time(lambda: torch.mm(a, b), 0.1, device) for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
 
 
+#: A sanity check of the benchmark's own outputs (the tests check correctness against the dtype's
+#: bound): torch's and ours may differ by a few roundings of the layer's dtype.
+_CLOSE = {"float32": dict(rtol=1e-3, atol=1e-3), "float16": dict(rtol=1e-2, atol=1e-2),
+          "bfloat16": dict(rtol=5e-2, atol=5e-2)}
+
+
 def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int = 7,
-                round_seconds: float = 0.05, tuned: bool = True, device: str = "cpu") -> Row:
-    """Torch, our hand-written schedule and (if the database has a record) our tuned one, interleaved."""
+                round_seconds: float = 0.05, tuned: bool = True, device: str = "cpu", dtype: str = "float32",
+                channels_last: bool = False) -> Row:
+    """Torch, our hand-written schedule and (if the database has a record) our tuned one, interleaved,
+    on a ``dtype`` input (and layers), in ``channels_last`` memory format if asked."""
     from . import build
 
     build.clear_cache()
-    hand = parse_layer(text).to(device)
+    kind = getattr(torch, dtype)
+    hand = parse_layer(text).to(device, kind)
     hand.tuning_database = False
-    theirs = parse_layer(text, torch.nn).to(device)
+    theirs = parse_layer(text, torch.nn).to(device, kind)
     theirs.load_state_dict(hand.state_dict())
-    x = torch.randn(*input_shape, device=device)
+    x = torch.randn(*input_shape, device=device, dtype=kind)
+    if channels_last and x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
     contenders = {"torch": theirs, "hand": hand}
     with torch.no_grad():
         hand(x)                                          # compiles (timed inside build)
         compile_s = hand.kernel.compile_seconds
-        torch.testing.assert_close(hand(x), theirs(x), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(hand(x), theirs(x), **_CLOSE[dtype])
         if tuned:
             best = parse_layer(text).to(device)
             best.load_state_dict(hand.state_dict())
             best(x)
             if best.schedule != hand.schedule:           # a tuning record served it
-                torch.testing.assert_close(best(x), theirs(x), rtol=1e-3, atol=1e-3)
+                torch.testing.assert_close(best(x), theirs(x), **_CLOSE[dtype])
                 contenders["tuned"] = best
         times = {name: [] for name in contenders}
         order = list(contenders)
@@ -130,7 +148,8 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
     return Row(text, "x".join(map(str, input_shape)), t * 1e3, o * 1e3, t / o, gflops,
                gflops / peak if peak else float("nan"), compile_s, hand.schedule, tuned_t * 1e3, t / tuned_t,
                contenders["tuned"].schedule if "tuned" in contenders else "(no record)",
-               fastest["torch"] / fastest["hand"], fastest["torch"] / fastest.get("tuned", fastest["hand"]))
+               fastest["torch"] / fastest["hand"], fastest["torch"] / fastest.get("tuned", fastest["hand"]),
+               flops / t / 1e9, dtype, "channels_last" if channels_last else "contiguous")
 
 
 def _geomean(values) -> float:
@@ -138,50 +157,73 @@ def _geomean(values) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What every layer of a run is measured in: element type, batch (None: each shape's own),
+    memory format, and whether cuDNN may use TF32 for float32 (ours compute exact float32)."""
+
+    dtype: str = "float32"
+    batch: Optional[int] = None
+    channels_last: bool = False
+    tf32: bool = False
+
+    def shape(self, shape: Sequence[int]) -> tuple:
+        """``shape`` with this setting's batch (an unbatched C,H,W shape gains one)."""
+        if self.batch is None:
+            return tuple(shape)
+        return (self.batch,) + tuple(shape[-3:])
+
+    def describe(self) -> str:
+        return (f"{self.dtype}, {'channels_last' if self.channels_last else 'NCHW'}"
+                + (f", batch {self.batch}" if self.batch else "") + (", cuDNN TF32 on" if self.tf32 else ""))
+
+
 def run(suite=DEFAULT_SUITE, threads: Optional[int] = None, csv_path=None, json_path=None,
-        print_fn=print, tuned: bool = True, device: str = "cpu") -> List[Row]:
+        print_fn=print, tuned: bool = True, device: str = "cpu", setting: Setting = Setting()) -> List[Row]:
     """The table; ``device="cuda"`` runs both sides on the GPU (torch: cuDNN) with CUDA tensors."""
     import os
     threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
-    with _float32_on_the_gpu(device):
-        return _run(suite, threads, csv_path, json_path, print_fn, tuned, device)
+    with _tf32_on_the_gpu(device, setting.tf32):
+        return _run(suite, threads, csv_path, json_path, print_fn, tuned, device, setting)
 
 
 @contextlib.contextmanager
-def _float32_on_the_gpu(device: str):
-    """Ours compute in float32; cuDNN's default for float32 convolutions is TF32 (10-bit mantissas
-    on the tensor cores), a different and less exact computation: off while benchmarking."""
+def _tf32_on_the_gpu(device: str, allowed: bool):
+    """cuDNN's default for float32 convolutions is TF32 (10-bit mantissas on the tensor cores), a
+    different and less exact computation than ours (exact float32): off unless ``allowed``."""
     if device != "cuda":
         yield
         return
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _run(suite, threads, csv_path, json_path, print_fn, tuned, device) -> List[Row]:
-    peak = measure_peak_gflops(device=device)
-    where = f"threads: {threads} (torch and TVM)" if device == "cpu" else \
-        f"GPU: {torch.cuda.get_device_name()} (cuDNN in float32, TF32 off)"
-    print_fn(f"{where}   peak FP32 (large torch GEMM): {peak:.1f} GFLOP/s")
+def _run(suite, threads, csv_path, json_path, print_fn, tuned, device, setting: Setting) -> List[Row]:
+    measure = lambda: measure_peak_gflops(device=device, dtype=setting.dtype)  # noqa: E731
+    peak = measure()
+    where = f"threads: {threads} (torch and TVM)" if device == "cpu" else f"GPU: {torch.cuda.get_device_name()}"
+    print_fn(f"{where}; {setting.describe()}   peak {setting.dtype} (large torch GEMM): {peak:.1f} GFLOP/s")
     header = f"{'layer':54s} {'input':>14s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} " \
-             f"{'GFLOP/s':>8s} {'% peak':>7s} {'compile s':>9s} {'tuned ms':>9s} {'speedup':>8s}  schedule"
+             f"{'GFLOP/s':>8s} {'torch':>8s} {'% peak':>7s} {'compile s':>9s} {'tuned ms':>9s} {'speedup':>8s}  schedule"
     print_fn(header)
     rows = []
     for text, shape in suite:
-        row = bench_layer(text, shape, peak, tuned=tuned, device=device)
+        row = bench_layer(text, setting.shape(shape), peak, tuned=tuned, device=device, dtype=setting.dtype,
+                          channels_last=setting.channels_last)
         rows.append(row)
         tuned_ms = f"{row.tuned_ms:9.3f} {row.tuned_speedup:7.2f}x" if row.tuned_schedule != "(no record)" \
             else f"{'-':>9s} {'-':>8s}"
         print_fn(f"{row.layer:54s} {row.input_shape:>14s} {row.torch_ms:9.3f} {row.ours_ms:9.3f} "
-                 f"{row.speedup:7.2f}x {row.gflops:8.1f} {100 * row.peak_share:6.1f}% {row.compile_s:9.2f} "
+                 f"{row.speedup:7.2f}x {row.gflops:8.1f} {row.torch_gflops:8.1f} {100 * row.peak_share:6.1f}% "
+                 f"{row.compile_s:9.2f} "
                  f"{tuned_ms}  {row.schedule}" + (f" / {row.tuned_schedule}"
                                                   if row.tuned_schedule != "(no record)" else ""))
-    end_peak = measure_peak_gflops(device=device)
+    end_peak = measure()
     if end_peak > peak * 1.05:
         print_fn(f"peak re-measured after the suite: {end_peak:.1f} GFLOP/s (the first measurement was "
                  f"disturbed); % peak against it: " + ", ".join(f"{100 * r.gflops / end_peak:.0f}%" for r in rows))
@@ -198,7 +240,7 @@ def _run(suite, threads, csv_path, json_path, print_fn, tuned, device) -> List[R
     print_fn(f"the same from each side's fastest round: hand-written {geo_fastest:.2f}x, with tuning "
              f"records {geo_fastest_tuned:.2f}x")
     write_table(rows, csv_path, json_path, {
-        "threads": threads, "peak_gflops": peak, "geomean_speedup": geo, "geomean_speedup_tuned": geo_tuned,
+        "threads": threads, "setting": asdict(setting), "peak_gflops": peak, "geomean_speedup": geo, "geomean_speedup_tuned": geo_tuned,
         "geomean_speedup_fastest": geo_fastest, "geomean_speedup_fastest_tuned": geo_fastest_tuned})
     return rows
 

@@ -27,10 +27,10 @@ def test_parse_layer_refuses_anything_else(text):
 
 def test_bench_cli_writes_csv_and_json(tmp_path, capsys):
     csv_path, json_path = tmp_path / "b.csv", tmp_path / "b.json"
-    main(["bench", "--layer", "Conv2d(8, 8, 3, padding=1)", "--input-shape", "1,8,16,16",
+    main(["bench", "--layer", "Conv2d(8, 12, 3, padding=1)", "--input-shape", "1,8,16,16",
           "--csv", str(csv_path), "--json", str(json_path)])
     out = capsys.readouterr().out
-    assert "Conv2d(8, 8, 3, padding=1)" in out and "geometric-mean speedup" in out
+    assert "Conv2d(8, 12, 3, padding=1)" in out and "geometric-mean speedup" in out
     data = json.loads(json_path.read_text())
     row = data["rows"][0]
     assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["schedule"] == "cpu-direct"
@@ -53,3 +53,17 @@ def test_bench_cli_takes_a_layers_file(tmp_path, capsys):
     rows = json.loads(json_path.read_text())["rows"]
     assert [r["layer"] for r in rows] == ["Conv2d(4, 8, 3)", "ConvTranspose2d(4, 4, 2, stride=2)"]
     assert "geometric-mean speedup" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_bench_setting_dtype_batch_and_channels_last(tmp_path, capsys, dtype):
+    json_path = tmp_path / "b.json"
+    main(["bench", "--layer", "Conv2d(8, 16, 3, padding=1)", "--input-shape", "8,12,12", "--dtype", dtype,
+          "--batch", "3", "--channels-last", "--no-tuned", "--json", str(json_path)])
+    out = capsys.readouterr().out
+    assert f"{dtype}, channels_last, batch 3" in out
+    data = json.loads(json_path.read_text())
+    assert data["setting"] == {"dtype": dtype, "batch": 3, "channels_last": True, "tf32": False}
+    (row,) = data["rows"]
+    assert (row["input_shape"], row["dtype"], row["memory_format"]) == ("3x8x12x12", dtype, "channels_last")
+    assert row["gflops"] > 0 and row["torch_gflops"] > 0
