@@ -44,9 +44,11 @@ def compile_serialised(mod: tvm.IRModule):
     return tvm.compile(serialised(mod), target=host_target())[entry]
 
 
-def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None):
-    """The hand-written CUDA schedule for ``gpu``, compiled for the host CPU: (rule name, function)."""
-    scheduled = build.schedule(KernelRequest(spec, input_shape, dtype, output_padding), gpu)
+def emulate(spec: ConvSpec, input_shape, dtype: str, gpu: Target, output_padding=None, rules=None):
+    """The hand-written CUDA schedule for ``gpu`` (of ``rules``, default the CUDA chain), compiled for
+    the host CPU: (rule name, function).  Tensorized schedules need their intrinsics' descriptions
+    instead of the PTX: ``tests/test_tensorcore.py`` replays them without ``Tensorize``."""
+    scheduled = build.schedule(KernelRequest(spec, input_shape, dtype, output_padding), gpu, rules=rules)
     if scheduled.weight_block:
         raise ValueError("GPU schedules take torch-layout weights")
     return scheduled.rule, compile_serialised(scheduled.mod)

@@ -10,6 +10,7 @@ from compiler import build, cuda_binary
 from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from reference import assert_matches_torch
+from schedules import CudaDirect
 from schedules.gpu_verify import passes_gpu_verification
 from targets import PRESETS, preset, resolve, target_key
 from test_random_configs import conv2d_cases, conv_transpose2d_cases
@@ -65,7 +66,8 @@ def test_nvcc_compiles_every_variant(variant, dtype, arch):
     spec, shape = VARIANTS[variant]
     target = resolve(f"cuda/{arch}")
     op = spec.output_padding if spec.transposed else None
-    scheduled = build.schedule(KernelRequest(spec, shape, dtype, op), target)
+    # the direct rule, which serves every variant (tests/test_tensorcore.py compiles the tensor-core one)
+    scheduled = build.schedule(KernelRequest(spec, shape, dtype, op), target, rules=(CudaDirect(),))
     source = cuda_binary.device_source(tvm.compile(scheduled.mod, target=target))
     assert "float conv_local" in source                      # registers accumulate in float32
     if dtype in HALF_C_TYPE:
@@ -89,7 +91,12 @@ def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
     m.tuning_database = False            # the hand-written rule (shipped records are tested apart)
     x = torch.randn(*shape, device="cuda", dtype=dtype)
     assert_matches_torch(m, x)
-    assert m.schedule == "cuda-direct" and str(m.kernel.target.kind.name) == "cuda"
+    # tensor cores for the half types where the rule applies (>= 16 channels per group, sm_80+)
+    expected = build.schedule(KernelRequest(spec, tuple(shape), str(dtype).replace("torch.", ""),
+                                            spec.output_padding if spec.transposed else None),
+                              m.kernel.target).rule
+    assert m.schedule == expected and str(m.kernel.target.kind.name) == "cuda"
+    assert expected == "cuda-direct" or dtype is not torch.float32
 
 
 @needs_gpu

@@ -1,0 +1,395 @@
+"""Tensor-core convolution for NVIDIA GPUs (sm_80+): an implicit GEMM on mma.sync.
+
+The convolution is viewed as one GEMM per group (and, for the transposed form, per output phase):
+``C[m, n] = sum_k A[k, m] * B[n, k]`` with ``m`` = (batch, output row, output column), ``n`` = output
+channel of the group and ``k`` = (input channel of the group, kernel row, kernel column).  Nothing
+is materialised: the layout transformations (``transform_block_layout`` + ``reindex``, as
+MetaSchedule's tensor-core rule does) only rename the loops, and the shared-memory copies read the
+input and the weight in torch's layouts, the padding (and the GEMM's own padding to whole tiles)
+computed in the copy.  A is staged ``[k, m]`` (a warp reads 32 consecutive output pixels: one
+coalesced row of the NCHW input), B ``[n, k]`` (torch's weight rows, 16-byte vector loads).
+
+Per thread block: ``block_m x block_n`` outputs, ``warps_m x warps_n`` warps each owning
+``frags_m x frags_n`` 16x16 float32 accumulator fragments.  The reduction runs in chunks of
+``chunk_k``; per chunk the block stages A and B in shared memory (``shared.dyn``), then each warp
+loads its 16x16 fragments with ``ldmatrix`` and multiplies them with two ``mma.sync.m16n8k16``
+per 16x16x16 step (our intrinsics for float16 and bfloat16: ``tensor_intrinsics.py``).
+
+No software pipeline (cp.async, multi-buffered stages, fragment prefetch): the project's build
+does not enable TVM's ``tirx.use_async_copy``, so the copies would be synchronous anyway, and the
+pipelined form cannot be checked without a GPU (the CPU emulation in the tests drops pipeline
+annotations), whereas this schedule is checked whole, tensorize excepted.
+
+The accumulators go through shared memory (float32, reusing the staging space) to the compute's
+``output`` stage, inlined onto the block tile: bias, the request's epilogue (residual add,
+activations) and the cast are applied there and written coalesced to NCHW.  The transposed form's
+phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does).
+
+Declines (``cuda-direct`` serves): float32/float64 (no TF32: it is not float32 arithmetic),
+architectures before sm_80, fewer than 16 channels per group on either side (depthwise layers),
+GEMMs with fewer than 16 rows, and transposed layers whose stride and dilation share a factor
+(phases without taps: the product is guarded, not a plain multiply-add).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple
+
+from tvm import s_tir
+from tvm.tirx import IndexMap
+
+from .base import ScheduleRule, has_block
+from .gpu_verify import passes_gpu_verification
+from .tensor_intrinsics import FRAGMENT_SCOPE, PTX_TYPE, fragment_layout, intrinsics
+
+#: mma.sync fragments are 16x16 (TVM's intrinsics issue two m16n8k16 per 16x16x16 step)
+FRAGMENT = 16
+#: Lanes of a warp (ldmatrix and mma.sync are warp-wide); checked against the target's warp size.
+WARP = 32
+#: Elements of skew per staged row: rows of 16-bit data then start 16 bytes apart mod 128, so the
+#: 8 row addresses of an ldmatrix phase hit distinct bank groups (as dlight's ``storage_align``).
+SKEW = 8
+#: Row stride of the float32 accumulator tile in shared memory: ``1 (mod 32)`` words, so that the
+#: epilogue's threads, reading down a column (consecutive pixels of one channel), hit 32 banks.
+ACC_ROW_OFFSET = 1
+#: Most 16x16 accumulator fragments per warp along M or N (a warp tile of up to 64 x 64)
+MAX_FRAGMENTS = 4
+#: Largest accumulator share of a thread's registers: the rest holds the A/B fragments, addresses
+#: and loop state.  ``nvcc -Xptxas -v`` (CUDA 13, no GPU needed), sm_80 and sm_90: 8-9 fragments
+#: per warp (64-72 floats) used 121-138 registers, 12 (96 floats) 165-170, none spilled.
+ACCUMULATOR_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A convolution as ``batch`` independent GEMMs of ``m x n x k`` (see the module docstring)."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+
+
+@dataclass(frozen=True)
+class Config:
+    warps_m: int       # warps along M (output pixels)
+    warps_n: int       # warps along N (output channels)
+    frags_m: int       # 16x16 accumulator fragments per warp along M
+    frags_n: int       # ... along N
+    chunk_k: int       # reduction staged in shared memory per step (multiple of 16)
+
+    @property
+    def block_m(self) -> int:
+        return self.warps_m * self.frags_m * FRAGMENT
+
+    @property
+    def block_n(self) -> int:
+        return self.warps_n * self.frags_n * FRAGMENT
+
+    @property
+    def threads(self) -> int:
+        return self.warps_m * self.warps_n * WARP
+
+    @property
+    def staged_bytes(self) -> int:
+        """The A ``[chunk_k, block_m]`` and B ``[block_n, chunk_k]`` chunks of 16-bit elements, rows
+        padded by ``storage_align``."""
+        return 2 * (self.chunk_k * _aligned(self.block_m, SKEW) + self.block_n * _aligned(self.chunk_k, SKEW))
+
+    @property
+    def accumulator_bytes(self) -> int:
+        """The float32 ``[block_m, block_n]`` accumulator tile, rows padded by ``storage_align``."""
+        return 4 * self.block_m * _aligned(self.block_n, ACC_ROW_OFFSET)
+
+    def shared_bytes(self) -> int:
+        """Shared memory of the kernel: the staged chunks, or the accumulator tile written back
+        through the same space after the last chunk (TVM's ``MergeSharedMemoryAllocations`` reuses
+        ``shared.dyn`` space whose lifetimes do not overlap; the tests compare with its result)."""
+        return max(self.staged_bytes, self.accumulator_bytes)
+
+
+def _aligned(row: int, offset: int) -> int:
+    """The row stride ``storage_align(factor=WARP, offset)`` gives a row of ``row`` elements: the
+    smallest stride >= row that is ``offset`` modulo 32."""
+    return row + (offset - row) % WARP
+
+
+def _little_waste(tiles: int, warps: int, frags: int, waste: float = 1 / 8) -> bool:
+    """Whether ``frags`` fragments per warp pad an axis of ``tiles`` 16-wide tiles to whole blocks
+    by at most ``waste`` of the axis (one fragment is always acceptable)."""
+    block = warps * frags
+    return frags == 1 or -(-tiles // block) * block <= tiles * (1 + waste)
+
+
+def _chunk(k: int) -> int:
+    """K per shared stage: 2-4 mma steps (fewer barriers per multiply-add) dividing K's 16-element
+    tiles if possible; one step for K <= 16 or a small K with no such divisor (no padding), else 32
+    with the last chunk zero-padded."""
+    tiles = -(-k // FRAGMENT)
+    for steps in (4, 2):
+        if tiles % steps == 0:
+            return steps * FRAGMENT
+    return FRAGMENT if tiles < 8 else 2 * FRAGMENT
+
+
+def choose_config(gemm: Gemm, target) -> Optional[Config]:
+    """Up to 2x2 warps (128 threads: 4 warps keep the tensor cores of an SM partition fed while
+    each has 8-12 accumulator fragments), each with the most fragments (up to 4x4: 64 pixels x
+    64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a thread may hold at this
+    block size (target's ``registers_per_block``, at most 255 per thread), pad neither GEMM axis by
+    more than an eighth, and fit the target's ``max_shared_memory_per_block``; more channels than
+    pixels per warp on a tie (an A row staged serves more of them).  None if nothing fits."""
+    m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
+    warps_m = 2 if m_tiles >= 4 else 1
+    warps_n = 2 if n_tiles >= 4 else 1
+    threads = warps_m * warps_n * WARP
+    registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
+    accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
+    limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
+    for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)}, reverse=True):
+        fitting = [Config(warps_m, warps_n, fm, fn, chunk)
+                   for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
+                   if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
+                   and _little_waste(n_tiles, warps_n, fn)]
+        fitting = [c for c in fitting if c.shared_bytes() <= limit]
+        if fitting:
+            return max(fitting, key=lambda c: (c.frags_m * c.frags_n, c.frags_n))
+    return None
+
+
+def _smaller(config: Config) -> Optional[Config]:
+    """The next configuration to try when TVM's GPU verifier refuses one: a shorter chunk, then
+    half the fragments along the longer side of the warp tile."""
+    if config.chunk_k > 2 * FRAGMENT:
+        return replace(config, chunk_k=2 * FRAGMENT)
+    if config.frags_n > 1 and config.frags_n >= config.frags_m:
+        return replace(config, frags_n=config.frags_n // 2)
+    if config.frags_m > 1:
+        return replace(config, frags_m=config.frags_m // 2)
+    return None
+
+
+def _arch(target) -> int:
+    arch = str(target.attrs.get("arch", ""))
+    return int(arch[3:].rstrip("a")) if arch.startswith("sm_") else 0
+
+
+def gemm_of(sch: s_tir.Schedule, spec) -> Tuple[Gemm, IndexMap]:
+    """The GEMM view of the ``conv`` block: its shape and the map from the block's iterators
+    ``(n, co, [ph, pw,] h, w, rc, rh, rw)`` to ``(g, [ph, pw,] m, n, k)``."""
+    extents = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars]
+    batch, channels, *phases, height, width, rc, rh, rw = extents
+    per_group = channels // spec.groups
+
+    def to_gemm(n, co, *rest):
+        *phase, h, w, c, r, s = rest
+        return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, (c * rh + r) * rw + s)
+
+    gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
+    return gemm, IndexMap.from_func(to_gemm, ndim=len(extents), index_dtype="int32")
+
+
+def _swap_last(ndim: int) -> IndexMap:
+    return IndexMap.from_func(lambda *i: (*i[:-2], i[-1], i[-2]), ndim=ndim, index_dtype="int32")
+
+
+def _fragment_map(ndim: int) -> IndexMap:
+    """``[..., r, c]`` -> ``[..., r/16, c/16, lane, element]``: the mma fragment layout per 16x16 tile."""
+    return IndexMap.from_func(lambda *i: (*i[:-2], i[-2] // FRAGMENT, i[-1] // FRAGMENT,
+                                          *fragment_layout(i[-2] % FRAGMENT, i[-1] % FRAGMENT)),
+                              ndim=ndim, index_dtype="int32")
+
+
+def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
+    regions = sch.get(block).writes if kind == "write" else sch.get(block).reads
+    return len(regions[0].region)
+
+
+class CudaTensorCore(ScheduleRule):
+    name = "cuda-tensorcore"
+
+    def apply(self, func, workload, target):
+        if str(target.kind.name) != "cuda" or _arch(target) < 80:
+            return None
+        if workload.dtype not in PTX_TYPE or int(target.attrs.get("thread_warp_size", WARP)) != WARP:
+            return None
+        spec = workload.spec
+        if min(spec.in_channels, spec.out_channels) // spec.groups < FRAGMENT:
+            return None            # depthwise and few channels per group: mostly padding
+        if spec.transposed and any(math.gcd(s, d) > 1 for s, d in zip(spec.stride, spec.dilation)):
+            return None
+        gemm, _ = gemm_of(s_tir.Schedule(func), spec)
+        if gemm.m < FRAGMENT:
+            return None
+        config = choose_config(gemm, target)
+        while config is not None:
+            sch = self.schedule(func, workload, config)
+            if passes_gpu_verification(sch.mod, target):
+                return sch
+            config = _smaller(config)
+        return None
+
+    @staticmethod
+    def schedule(func, workload, config: Config) -> s_tir.Schedule:
+        """The tensor-core schedule of ``func`` with ``config``.  Every ``tensorize`` comes last, so
+        the trace without them is the same kernel with the intrinsics' scalar descriptions (what
+        the CPU emulation in the tests runs)."""
+        sch = s_tir.Schedule(func)
+        spec = workload.spec
+        names = intrinsics(workload.dtype)
+        conv = sch.get_sblock("conv")
+        # Step 1. View the convolution as batched GEMMs C[.., m, n] += A[.., k, m] * B[.., n, k]:
+        # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
+        # are inlined into the shared copies below), store A as [k, m].
+        _, to_gemm = gemm_of(sch, spec)
+        sch.transform_block_layout(conv, to_gemm)
+        a_view = sch.reindex(conv, ("read", 0))
+        sch.reindex(conv, ("read", 1))
+        sch.reindex(conv, ("write", 0))
+        sch.transform_layout(a_view, ("write", 0), _swap_last(_ndim(sch, a_view, "write")))
+        # Step 2. Pad M, N and K to whole block tiles and chunks: the copies read zeros there and
+        # the write-back skips the padding.
+        sch.pad_einsum(conv, [1] * (len(sch.get_loops(conv)) - 3) + [config.block_m, config.block_n,
+                                                                    config.chunk_k])
+        epilogue = _epilogue(sch, spec)
+        # Step 3. Tile: fragments of 16x16x16 (blockized for the intrinsics), warps, thread blocks.
+        *batch, m, n, k = sch.get_loops(conv)
+        m, m_frag = sch.split(m, [None, FRAGMENT])
+        n, n_frag = sch.split(n, [None, FRAGMENT])
+        k, k_frag = sch.split(k, [None, FRAGMENT])
+        sch.reorder(m, n, k, m_frag, n_frag, k_frag)
+        tile = sch.blockize(m_frag)
+        m_block, m_warp, m_inner = sch.split(m, [None, config.warps_m, config.frags_m])
+        n_block, n_warp, n_inner = sch.split(n, [None, config.warps_n, config.frags_n])
+        k_chunk, k_step = sch.split(k, [None, config.chunk_k // FRAGMENT])
+        group, *phases = batch
+        sch.reorder(*phases, group, m_block, n_block, m_warp, n_warp, k_chunk, k_step, m_inner, n_inner)
+        grid = sch.fuse(group, m_block, n_block)  # neighbouring blocks share their A rows
+        warp = sch.fuse(m_warp, n_warp)
+        sch.bind(grid, "blockIdx.x")
+        # The transposed form's phases get grid axes of their own: fused, TVM's region analysis
+        # mis-derives the taps a phase stages (as in cuda-direct; the emulation test catches it).
+        for phase, axis in zip(phases, ("blockIdx.y", "blockIdx.z")):
+            sch.bind(phase, axis)
+        sch.bind(warp, "threadIdx.y")
+        # Step 4. Stage A and B chunks in shared memory with all threads; the reindex, GEMM padding
+        # and convolution padding blocks are inlined into these copies.
+        warps = config.warps_m * config.warps_n
+        a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=1)
+        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config))
+        for shared in (a_shared, b_shared):
+            _inline_producers(sch, shared)
+        # Step 5. Warp fragments: loaded per mma step, accumulated in registers, written back to a
+        # float32 tile in shared memory (reusing the staging space), from which the epilogue reads.
+        a_frag = sch.cache_read(tile, 0, FRAGMENT_SCOPE)
+        b_frag = sch.cache_read(tile, 1, FRAGMENT_SCOPE)
+        sch.compute_at(a_frag, k_step)
+        sch.compute_at(b_frag, k_step)
+        acc = sch.cache_write(tile, 0, FRAGMENT_SCOPE)
+        sch.set_scope(acc, 0, "shared.dyn")
+        sch.reverse_compute_at(acc, warp)
+        sch.reverse_compute_at(epilogue, grid)
+        loads = [_split_fragments(sch, block) for block in (a_frag, b_frag)]
+        store = sch.blockize(_split_fragments(sch, acc))
+        sch.storage_align(store, 0, axis=-2, factor=WARP, offset=ACC_ROW_OFFSET)
+        init = sch.decompose_reduction(tile, k_chunk)
+        for block, kind in ((a_frag, "write"), (b_frag, "write"), (acc, "read")):
+            sch.transform_layout(block, (kind, 0), _fragment_map(_ndim(sch, block, kind)))
+        for loop in (m_inner, n_inner, *sch.get_loops(init)[-2:]):
+            sch.unroll(loop)
+        # Step 6. The epilogue: bias, residual, activations and cast per output, threads along M
+        # (consecutive pixels of one channel: coalesced NCHW stores).
+        e_m, e_n = sch.get_loops(epilogue)[-2:]
+        sch.reorder(e_n, e_m)
+        _, e_warp, e_lane = sch.split(sch.fuse(e_n, e_m), [None, warps, WARP])
+        sch.bind(e_warp, "threadIdx.y")
+        sch.bind(e_lane, "threadIdx.x")
+        if spec.transposed:
+            _interleave_kernel(sch)
+        # Step 7. Tensorize: ldmatrix, mma.sync, zero fill, fragment store.
+        sch.tensorize(loads[0], names["load_a"])
+        sch.tensorize(loads[1], names["load_b"])
+        sch.tensorize(sch.get_loops(conv)[-3], names["compute"])
+        sch.tensorize(sch.get_loops(sch.get_sblock("conv_init"))[-2], names["init"])
+        sch.tensorize(store, names["store"])
+        return sch
+
+
+def _epilogue(sch: s_tir.Schedule, spec):
+    """The block that reads the accumulators, in GEMM coordinates: for conv2d the ``output`` stage
+    (bias, epilogue steps, cast) inlined into the write-back of the GEMM view; for the transposed
+    form the write-back into the phase-major ``conv`` buffer."""
+    if not spec.transposed:
+        sch.reverse_compute_inline(sch.get_sblock("output"))
+    if has_block(sch, "conv_reindex_pad"):
+        sch.reverse_compute_inline(sch.get_sblock("conv_reindex"))
+        return sch.get_sblock("conv_reindex_pad")
+    return sch.get_sblock("conv_reindex")
+
+
+def _weight_vector(spec, config: Config) -> int:
+    """Elements per vector load of the weight: 8 (16 bytes) when every row of K starts aligned."""
+    k = spec.in_channels // spec.groups * spec.kernel_size[0] * spec.kernel_size[1]
+    if spec.transposed:
+        return 1        # [ci, co, kh, kw]: the phase's taps are not contiguous
+    for lanes in (8, 4, 2):
+        if k % lanes == 0 and config.chunk_k % lanes == 0:
+            return lanes
+    return 1
+
+
+def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector: int):
+    """Copy operand ``operand`` of ``tile`` into shared memory per reduction chunk, all threads
+    taking ``vector`` consecutive elements of the innermost axis in turn."""
+    block = sch.cache_read(tile, operand, "shared.dyn")
+    sch.compute_at(block, k_chunk)
+    loops = sch.get_loops(block)
+    depth = [i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(k_chunk))][0]
+    *outer, inner = loops[depth + 1:]
+    # the vector is split off the contiguous axis first, so that its lanes are visibly consecutive
+    # (fused first, TVM's vectorizer could not see that 8 lanes of ``f % 48`` are a ramp and
+    # emitted an 8-element ``make_uint4`` nvcc rejects)
+    inner, vec = sch.split(inner, [None, vector])
+    fused = sch.fuse(*outer, inner)
+    _, ty, tx = sch.split(fused, [None, warps, WARP])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
+    sch.storage_align(block, 0, axis=-2, factor=WARP, offset=SKEW)
+    return block
+
+
+def _inline_producers(sch: s_tir.Schedule, block) -> None:
+    """Inline every stage that feeds ``block`` (views, GEMM padding, convolution padding)."""
+    producers = sch.get_producers(block)
+    while producers:
+        for producer in producers:
+            sch.compute_inline(producer)
+        producers = sch.get_producers(block)
+
+
+def _split_fragments(sch: s_tir.Schedule, block):
+    """Split the last two loops of ``block`` into 16x16 tiles, the loops over tiles unrolled
+    (fragments are registers: indexed by a loop variable they would go to local memory); the first
+    loop inside a tile."""
+    i, j = sch.get_loops(block)[-2:]
+    i_outer, i_inner = sch.split(i, [None, FRAGMENT])
+    j_outer, j_inner = sch.split(j, [None, FRAGMENT])
+    sch.reorder(i_outer, j_outer, i_inner, j_inner)
+    sch.unroll(i_outer)
+    sch.unroll(j_outer)
+    return i_inner
+
+
+def _interleave_kernel(sch: s_tir.Schedule) -> None:
+    """The transposed form's ``output`` (phases interleaved back into NCHW, bias, epilogue, cast):
+    its own elementwise kernel, 256 threads (8 warps) per block."""
+    sch.compute_inline(sch.get_sblock("interleave"))
+    out = sch.get_sblock("output")
+    blocks, threads = sch.split(sch.fuse(*sch.get_loops(out)), [None, 8 * WARP])
+    sch.bind(blocks, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+
+
+__all__ = ["CudaTensorCore", "Config", "Gemm", "choose_config", "gemm_of"]

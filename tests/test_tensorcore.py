@@ -1,0 +1,277 @@
+"""The ``cuda-tensorcore`` rule (mma.sync m16n8k16 + ldmatrix, float16 and bfloat16), checked on a
+machine without a GPU: its numbers on the CPU, its PTX, ptxas's register report, where it declines.
+
+How the numbers are checked.  The rule's ``tensorize`` steps swap blocks for our intrinsics'
+implementations (inline PTX: ``ldmatrix``, ``mma.sync``), which no CPU runs.  ``tensorize`` first
+checks that the block is structurally the intrinsic's *description* (the scalar loop nest of
+``tensor_intrinsics.py``); so the same schedule with every ``Tensorize`` instruction left out of
+its trace is the kernel with those descriptions in place of the PTX, every other step (GEMM view,
+padding, tiling, shared-memory staging, fragment layouts, write-back, epilogue) identical.  That
+replay is compiled for the CPU with thread bindings as serial loops (``tests/gpu_emulation.py``)
+and compared with torch under the reference bound.  Not checked here: that the PTX computes the
+descriptions (the descriptions and offsets are TVM's own mma.sync intrinsics'; the layout is
+compared with TVM's below), races and barriers (TVM inserts them), and performance.  A re-run of
+the rule with a "no tensorize" flag would do the same, but replaying the trace cannot drift from
+what the rule emits.
+"""
+import ast
+import functools
+import importlib.util
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+import tvm
+from tvm import s_tir
+from tvm.s_tir import Trace
+
+import compiler
+from compiler import build, cuda_binary, metaschedule_startup
+from compiler.request import Epilogue, KernelRequest
+from compiler.spec import ConvSpec
+from gpu_emulation import compile_serialised, emulate
+from reference import UNIT_ROUNDOFF, assert_output_matches
+from schedules import CudaTensorCore
+from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, Gemm, choose_config, gemm_of
+from schedules.tensor_intrinsics import fragment_layout, tile_position
+from targets import resolve
+
+# The rule runs TVM's GPU verifier, whose first TuneContext imports every target's tensor
+# intrinsics: ~60 s on two cores, ~8 s with this (see compiler/metaschedule_startup.py).
+metaschedule_startup.cache_frozen_frames()
+
+TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = ("float16", "bfloat16")
+ARCHS = ("sm_80", "sm_90")
+#: PTX spelling of the mma.sync operand types
+PTX_OPERAND = {"float16": "f16", "bfloat16": "bf16"}
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+
+# Small shapes (the emulation runs each thread's staging serially), each padding some GEMM axis.
+LAYERS = {
+    "pointwise_batch2": (ConvSpec.conv2d(64, 32, 1), (2, 64, 7, 9)),
+    "dense3x3": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12)),
+    "strided": (ConvSpec.conv2d(16, 32, 3, stride=2, padding=1), (1, 16, 15, 15)),
+    "dilated": (ConvSpec.conv2d(32, 32, 3, padding=2, dilation=2), (1, 32, 10, 10)),
+    "grouped": (ConvSpec.conv2d(64, 64, 3, padding=1, groups=4), (1, 64, 8, 8)),
+    "odd_no_bias": (ConvSpec.conv2d(24, 40, (3, 5), stride=(2, 1), padding=(1, 2), bias=False), (3, 24, 9, 11)),
+    "odd_channels": (ConvSpec.conv2d(17, 19, 3, padding=1), (1, 17, 5, 7)),
+    "reflect": (ConvSpec.conv2d(16, 16, 3, padding=1, padding_mode="reflect"), (1, 16, 9, 13)),
+    "transposed": (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8)),
+    "transposed_grouped": (ConvSpec.conv_transpose2d(32, 32, 3, stride=2, padding=1, output_padding=1,
+                                                     groups=2), (1, 32, 5, 6)),
+}
+
+
+def _request(spec: ConvSpec, shape, dtype: str, epilogue=()) -> KernelRequest:
+    return KernelRequest(spec, shape, dtype, spec.output_padding if spec.transposed else None,
+                         epilogue=Epilogue(epilogue))
+
+
+@functools.lru_cache(maxsize=None)
+def _scheduled(layer: str, dtype: str, arch: str, epilogue=()):
+    """(request, target, schedule) of the rule alone (whatever ``CUDA_RULES`` holds)."""
+    spec, shape = LAYERS[layer]
+    request, target = _request(spec, shape, dtype, epilogue), resolve(f"cuda/{arch}")
+    sch = CudaTensorCore().apply(build.prim_func(request), build.workload_of(request), target)
+    assert sch is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
+    return request, target, sch
+
+
+def without_tensorize(sch: s_tir.Schedule, func) -> s_tir.Schedule:
+    """``sch``'s trace replayed on ``func`` minus its ``Tensorize`` instructions (module docstring)."""
+    kept = [inst for inst in sch.trace.insts if inst.kind.name != "Tensorize"]
+    assert len(kept) < len(sch.trace.insts), "the schedule has no tensorize step"
+    replay = s_tir.Schedule(func)
+    Trace(kept, {}).apply_to_schedule(replay, remove_postproc=False)
+    return replay
+
+
+def _module(spec: ConvSpec, dtype: str):
+    cls = compiler.ConvTranspose2d if spec.transposed else compiler.Conv2d
+    return cls(**spec.constructor_args(), dtype=TORCH_DTYPE[dtype])
+
+
+def _emulate_and_compare(layer: str, dtype: str, arch: str) -> None:
+    request, _, sch = _scheduled(layer, dtype, arch)
+    kernel = compile_serialised(without_tensorize(sch, build.prim_func(request)).mod)
+    spec, shape = LAYERS[layer]
+    m = _module(spec, dtype)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[dtype])
+    y = x.new_empty(request.output_shape)
+    kernel(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
+    assert_output_matches(m, x, y)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_tensorcore_schedule_computes_torchs_numbers(layer, dtype, arch):
+    _emulate_and_compare(layer, dtype, arch)
+
+
+def test_fused_epilogue_is_applied_on_the_block_tile():
+    """Residual add and ReLU in the write-back (the ``output`` stage inlined into it)."""
+    spec, shape = LAYERS["dense3x3"]
+    request, _, sch = _scheduled("dense3x3", "float16", "sm_90", ("add", "relu"))
+    kernel = compile_serialised(without_tensorize(sch, build.prim_func(request)).mod)
+    m = _module(spec, "float16")
+    x = torch.randn(*shape, dtype=torch.float16)
+    residual = torch.randn(request.output_shape, dtype=torch.float16)
+    y = x.new_empty(request.output_shape)
+    kernel(x, m.weight.detach(), m.bias.detach(), residual, y)
+    conv = torch.nn.functional.conv2d(x.double(), m.weight.double(), m.bias.double(), padding=1)
+    magnitude = torch.nn.functional.conv2d(x.double().abs(), m.weight.double().abs(), m.bias.double().abs(),
+                                           padding=1) + residual.double().abs()
+    exact = torch.relu(conv + residual.double())
+    # the reference bound (tests/reference.py) with the residual as one more term of the sum
+    terms = spec.in_channels * 9 + 2
+    bound = terms * UNIT_ROUNDOFF[torch.float32] * magnitude + UNIT_ROUNDOFF[torch.float16] * exact.abs() + 1e-7
+    assert bool(((y.double() - exact).abs() <= bound).all())
+
+
+def _ptx_and_source(layer: str, dtype: str, arch: str):
+    _, target, sch = _scheduled(layer, dtype, arch)
+    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    return source, cuda_binary.compile_device_code(source, target, "ptx").decode()
+
+
+CODEGEN_LAYERS = ("dense3x3", "odd_no_bias", "transposed")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", CODEGEN_LAYERS)
+def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
+    source, ptx = _ptx_and_source(layer, dtype, arch)
+    operand = PTX_OPERAND[dtype]
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{operand}.{operand}.f32"
+    assert mma in source and mma in ptx
+    assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx       # A, staged [k, m]
+    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx             # B, staged [n, k]
+    assert f".target {arch}" in ptx
+
+
+PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
+
+
+def ptxas_report(source: str, arch: str, tmp_path: pathlib.Path):
+    """[(stack, spill stores, spill loads, registers)] per kernel of ``nvcc -cubin -Xptxas -v``."""
+    (tmp_path / "kernel.cu").write_text(source)
+    done = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", "kernel.cu", "-o", "kernel.cubin"],
+                          cwd=tmp_path, capture_output=True, text=True, check=True)
+    spills = [tuple(map(int, m)) for m in PTXAS_SPILLS.findall(done.stderr)]
+    registers = [int(r) for r in PTXAS_REGISTERS.findall(done.stderr)]
+    assert spills and len(spills) == len(registers), done.stderr
+    return [(*s, r) for s, r in zip(spills, registers)]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ("dense3x3", "odd_no_bias", "pointwise_batch2", "transposed"))
+def test_ptxas_sm90_no_spills_and_fragments_in_registers(layer, dtype, tmp_path):
+    """No spills and no stack frame: the [32, 8]-per-fragment local arrays (tensor_intrinsics.py)
+    are promoted to registers, and the accumulators fit."""
+    _, target, sch = _scheduled(layer, dtype, "sm_90")
+    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
+        assert (stack, stores, loads) == (0, 0, 0)
+        assert registers <= 255
+
+
+def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
+    """ResNet-50's 3x3 layer of stage 3 at batch 8: 2x2 warps of 3x3 fragments (72 float32
+    accumulators a thread, under ACCUMULATOR_SHARE of 255 registers), within 48 KiB of shared memory."""
+    target = resolve("cuda/sm_90")
+    config = choose_config(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target)
+    assert (config.warps_m, config.warps_n, config.frags_m, config.frags_n) == (2, 2, 3, 3)
+    assert config.frags_m * config.frags_n * FRAGMENT * FRAGMENT // 32 <= ACCUMULATOR_SHARE * 255
+    assert config.shared_bytes() <= int(target.attrs["max_shared_memory_per_block"])
+
+
+@pytest.mark.parametrize("layer", ["dense3x3", "odd_no_bias", "pointwise_batch2"])
+def test_shared_memory_model_is_tvms_allocation(layer):
+    """Config.shared_bytes (what choose_config checks against the target's limit) is the size of
+    the one ``shared.dyn`` buffer TVM's lowering leaves (staging and accumulator tile merged)."""
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
+    request, target, sch = _scheduled(layer, "float16", "sm_90")
+    config = choose_config(gemm_of(s_tir.Schedule(build.prim_func(request)), request.spec)[0], target)
+    lower, _, _ = default_s_tir_pipeline()
+    with tvm.transform.PassContext():
+        lowered = lower(tvm.tirx.transform.BindTarget(target)(sch.mod)).script()
+    assert re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered) == [str(config.shared_bytes())]
+
+
+@pytest.mark.parametrize("case", ["float32", "depthwise", "sm_75", "sm_70", "few_channels_per_group",
+                                  "transposed_gcd"])
+def test_rule_declines_and_cuda_direct_serves(case):
+    spec, shape, dtype, arch = {
+        "float32": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "float32", "sm_90"),
+        "depthwise": (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 12, 12), "float16", "sm_90"),
+        "sm_75": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "float16", "sm_75"),
+        "sm_70": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "bfloat16", "sm_70"),
+        "few_channels_per_group": (ConvSpec.conv2d(32, 64, 3, padding=1, groups=4), (1, 32, 8, 8),
+                                   "float16", "sm_80"),
+        "transposed_gcd": (ConvSpec.conv_transpose2d(32, 32, 3, stride=2, dilation=2), (1, 32, 5, 5),
+                           "float16", "sm_90"),
+    }[case]
+    request, target = _request(spec, shape, dtype), resolve(f"cuda/{arch}")
+    assert CudaTensorCore().apply(build.prim_func(request), build.workload_of(request), target) is None
+    assert build.schedule(request, target).rule == "cuda-direct"
+
+
+def test_too_small_layer_declines_and_still_gets_torchs_numbers():
+    """Fewer output pixels than one fragment row (GEMM M < 16): cuda-direct serves, correctly."""
+    spec, shape = ConvSpec.conv2d(16, 32, 3), (1, 16, 4, 5)
+    request, target = _request(spec, shape, "float16"), resolve("cuda/sm_90")
+    assert CudaTensorCore().apply(build.prim_func(request), build.workload_of(request), target) is None
+    rule, kernel = emulate(spec, shape, "float16", target)
+    assert rule == "cuda-direct"
+    m = _module(spec, "float16")
+    x = torch.randn(*shape, dtype=torch.float16)
+    y = x.new_empty(request.output_shape)
+    kernel(x, m.weight.detach(), m.bias.detach(), y)
+    assert_output_matches(m, x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_registered_first_for_half_types(dtype):
+    spec, shape = LAYERS["dense3x3"]
+    assert build.schedule(_request(spec, shape, dtype), resolve("cuda/sm_90")).rule == "cuda-tensorcore"
+
+
+def test_gemm_view_of_a_grouped_strided_conv():
+    spec, shape = ConvSpec.conv2d(64, 96, 3, stride=2, padding=1, groups=2), (2, 64, 9, 9)
+    request = _request(spec, shape, "float16")
+    gemm, _ = gemm_of(s_tir.Schedule(build.prim_func(request)), spec)
+    assert gemm == Gemm(batch=2, m=2 * 5 * 5, n=48, k=32 * 9)
+
+
+def _tvm_layout_functions():
+    """TVM's ``shared_16x16_to_ldmatrix_32x8_layout`` and its inverse, read from the installed
+    ``tvm/s_tir/tensor_intrin/cuda.py`` without importing it (the import registers every target's
+    intrinsics: 30-80 s on two cores): the two plain functions are compiled on their own."""
+    root = pathlib.Path(importlib.util.find_spec("tvm").origin).parent
+    tree = ast.parse((root / "s_tir" / "tensor_intrin" / "cuda.py").read_text())
+    names = ("shared_16x16_to_ldmatrix_32x8_layout", "ldmatrix_32x8_to_shared_16x16_layout")
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    assert len(functions) == 2
+    namespace = {}
+    exec(compile(ast.Module(body=functions, type_ignores=[]), "tvm-cuda-intrinsics", "exec"), namespace)
+    return namespace[names[0]], namespace[names[1]]
+
+
+def test_fragment_layout_is_tvms_ldmatrix_layout():
+    to_fragment, to_tile = _tvm_layout_functions()
+    cells = [(i, j) for i in range(FRAGMENT) for j in range(FRAGMENT)]
+    assert [fragment_layout(i, j) for i, j in cells] == [to_fragment(i, j) for i, j in cells]
+    assert sorted(fragment_layout(i, j) for i, j in cells) == [(t, e) for t in range(32) for e in range(8)]
+    for lane in range(32):
+        for element in range(8):
+            assert tile_position(lane, element) == to_tile(lane, element)
+            assert fragment_layout(*tile_position(lane, element)) == (lane, element)
