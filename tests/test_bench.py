@@ -67,3 +67,15 @@ def test_bench_setting_dtype_batch_and_channels_last(tmp_path, capsys, dtype):
     (row,) = data["rows"]
     assert (row["input_shape"], row["dtype"], row["memory_format"]) == ("3x8x12x12", dtype, "channels_last")
     assert row["gflops"] > 0 and row["torch_gflops"] > 0
+
+
+def test_prepared_gpu_script_checks_its_commands_here(tmp_path):
+    """examples/gpu_check.sh's ``dry`` mode: every bench and tune command of the GPU runs, --dry-run."""
+    import os
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", "examples/gpu_check.sh", "dry"], cwd=root, capture_output=True, text=True,
+                          env=dict(os.environ, OUT=str(tmp_path)), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("arguments checked") == 7
