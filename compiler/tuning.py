@@ -30,8 +30,6 @@ from targets.cuda import local_arch
 from . import build, metaschedule_startup, progress, records
 from .layers import request_of
 
-metaschedule_startup.cache_frozen_frames()       # before MetaSchedule's first TuneContext
-
 
 @dataclass
 class TuneResult:

@@ -17,7 +17,7 @@ from typing import Optional
 from tvm import s_tir
 
 from .base import ScheduleRule, has_block
-from .gpu_verify import passes_gpu_verification
+from .gpu_verify import first_verified
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,7 @@ class CudaDirect(ScheduleRule):
         element_bytes = 2 if workload.dtype in ("float16", "bfloat16") else int(workload.dtype[-2:]) // 8
         max_threads = int(target.attrs.get("max_threads_per_block", 1024))
         tile = choose_tile(co, out_h, out_w, spec.in_channels // spec.groups, element_bytes, max_threads)
-        while tile is not None:
-            sch = self._schedule(func, spec, tile)
-            if passes_gpu_verification(sch.mod, target):
-                return sch
-            tile = _shrink(tile)
-        return None
+        return first_verified(tile, lambda t: self._schedule(func, spec, t), _shrink, target)
 
     @staticmethod
     def _schedule(func, spec, tile: CudaTile) -> s_tir.Schedule:

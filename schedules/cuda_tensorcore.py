@@ -40,7 +40,7 @@ from tvm import s_tir
 from tvm.tirx import IndexMap
 
 from .base import ScheduleRule, has_block
-from .gpu_verify import passes_gpu_verification
+from .gpu_verify import first_verified
 from .tensor_intrinsics import FRAGMENT_SCOPE, PTX_TYPE, fragment_layout, intrinsics
 
 #: mma.sync fragments are 16x16 (TVM's intrinsics issue two m16n8k16 per 16x16x16 step)
@@ -222,13 +222,8 @@ class CudaTensorCore(ScheduleRule):
         gemm, _ = gemm_of(s_tir.Schedule(func), spec)
         if gemm.m < FRAGMENT:
             return None
-        config = choose_config(gemm, target)
-        while config is not None:
-            sch = self.schedule(func, workload, config)
-            if passes_gpu_verification(sch.mod, target):
-                return sch
-            config = _smaller(config)
-        return None
+        return first_verified(choose_config(gemm, target), lambda c: self.schedule(func, workload, c), _smaller,
+                              target)
 
     @staticmethod
     def schedule(func, workload, config: Config) -> s_tir.Schedule:

@@ -1,6 +1,8 @@
 """TVM's GPU verifier (MetaSchedule's VerifyGPUCode postprocessor) on a scheduled module."""
 from __future__ import annotations
 
+from typing import Callable, Optional, TypeVar
+
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
@@ -12,3 +14,18 @@ def passes_gpu_verification(mod, target) -> bool:
         sch_rules=[], postprocs=[ms.postproc.VerifyGPUCode()], mutator_probs={}), task_name="verify")
     (postproc,) = ctx.space_generator.postprocs
     return bool(postproc.apply(s_tir.Schedule(mod)))
+
+
+Config = TypeVar("Config")
+
+
+def first_verified(config: Optional[Config], schedule: Callable[[Config], s_tir.Schedule],
+                   smaller: Callable[[Config], Optional[Config]], target) -> Optional[s_tir.Schedule]:
+    """``schedule(config)`` for the first of ``config``, ``smaller(config)``, ... whose kernel passes
+    the verifier on ``target``; None when every size fails."""
+    while config is not None:
+        sch = schedule(config)
+        if passes_gpu_verification(sch.mod, target):
+            return sch
+        config = smaller(config)
+    return None
