@@ -125,7 +125,7 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
         compile_s = hand.kernel.compile_seconds
         torch.testing.assert_close(hand(x), theirs(x), **_CLOSE[dtype])
         if tuned:
-            best = parse_layer(text).to(device)
+            best = parse_layer(text).to(device, kind)
             best.load_state_dict(hand.state_dict())
             best(x)
             if best.schedule != hand.schedule:           # a tuning record served it

@@ -59,7 +59,7 @@ def test_bench_cli_takes_a_layers_file(tmp_path, capsys):
 def test_bench_setting_dtype_batch_and_channels_last(tmp_path, capsys, dtype):
     json_path = tmp_path / "b.json"
     main(["bench", "--layer", "Conv2d(8, 16, 3, padding=1)", "--input-shape", "8,12,12", "--dtype", dtype,
-          "--batch", "3", "--channels-last", "--no-tuned", "--json", str(json_path)])
+          "--batch", "3", "--channels-last", "--json", str(json_path)])    # the tuned column too
     out = capsys.readouterr().out
     assert f"{dtype}, channels_last, batch 3" in out
     data = json.loads(json_path.read_text())
