@@ -27,11 +27,11 @@ _os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
 
 from . import metaschedule_startup as _startup  # noqa: E402
 from .modules import Conv2d, ConvTranspose2d  # noqa: E402
+from .spec import ConvSpec  # noqa: E402
 
 # MetaSchedule's TuneContext (the tuner; the CUDA rules' GPU verifier on first use) imports every
 # target's tensor intrinsics: 58 s here, 7.8 s with this (see metaschedule_startup).
 _startup.cache_frozen_frames()
-from .spec import ConvSpec  # noqa: E402
 
 # The CUDA JIT on a GPU host: nvcc (the toolchain this project requires) rather than NVRTC, which
 # would need the cuda-bindings package (TVM 0.27's default).

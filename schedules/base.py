@@ -23,9 +23,13 @@ class Workload:
     epilogue: Tuple[str, ...] = ()
 
 
+def _accumulator_bits(workload: Workload) -> int:
+    return 64 if workload.accumulate_dtype == "float64" else 32
+
+
 def accumulator_lanes(workload: Workload, target: Target) -> int:
     """SIMD lanes of the accumulation type (float32 for the half types) on ``target``."""
-    return vector_lanes(target, 64 if workload.accumulate_dtype == "float64" else 32)
+    return vector_lanes(target, _accumulator_bits(workload))
 
 
 def native_vector_bits(target: Target) -> int:
@@ -49,13 +53,12 @@ def native_vector_bits(target: Target) -> int:
 def registers_per_vector(workload: Workload, target: Target, lanes: Optional[int] = None) -> int:
     """Architectural registers one vector of ``lanes`` (default :func:`accumulator_lanes`) occupies
     (1, or 2 for 16 float32 lanes on AVX2)."""
-    bits = 64 if workload.accumulate_dtype == "float64" else 32
-    return max(1, (lanes or accumulator_lanes(workload, target)) * bits // native_vector_bits(target))
+    return max(1, (lanes or accumulator_lanes(workload, target)) // native_lanes(workload, target))
 
 
 def native_lanes(workload: Workload, target: Target) -> int:
     """Accumulator lanes of one architectural vector register (8 float32 on AVX2)."""
-    return max(1, native_vector_bits(target) // (64 if workload.accumulate_dtype == "float64" else 32))
+    return max(1, native_vector_bits(target) // _accumulator_bits(workload))
 
 
 class ScheduleRule:

@@ -81,7 +81,7 @@ class CpuChannelVector(ScheduleRule):
         spills = ow_tile is not None and ow_tile > pixel_tile_limit(workload, target, lanes)
         two_register_vectors = registers_per_vector(workload, target) > 1
         if tiles.deep or tiles.skips_dead_taps or spills or (ow_tile is None and two_register_vectors):
-            return self._apply_blocked(func, workload, target, tiles)
+            return self._apply_blocked(func, workload, lanes, tiles)
         if ow_tile is None:
             return None
         sch = s_tir.Schedule(func)
@@ -109,8 +109,7 @@ class CpuChannelVector(ScheduleRule):
         vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch
 
-    def _apply_blocked(self, func, workload, target, tiles: BlockedTiles):
-        lanes = self.weight_block(workload, target)
+    def _apply_blocked(self, func, workload, lanes: int, tiles: BlockedTiles):
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. The padding: materialised in parallel, or read through its index map where the

@@ -245,14 +245,22 @@ def _register(name: str, desc_impl) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def _accumulator_intrinsics() -> Dict[str, str]:
+    """The float32 accumulator's intrinsics, the same for every input type."""
+    return {
+        "init": _register("conv_mma_fill_16x16_f32", fill_intrin()),
+        "store": _register("conv_mma_store_16x16_f32_shared_dyn", store_intrin()),
+    }
+
+
+@functools.lru_cache(maxsize=None)
 def intrinsics(dtype: str) -> Dict[str, str]:
     """The names of the mma.sync kernel's intrinsics for input type ``dtype`` (``init``, ``load_a``,
     ``load_b``, ``compute``, ``store``), registered on first use: parsing them with TVMScript takes
     seconds, which ``import schedules`` should not pay where no tensor-core kernel is built."""
     short = SHORT[dtype]
     return {
-        "init": _register("conv_mma_fill_16x16_f32", fill_intrin()),
-        "store": _register("conv_mma_store_16x16_f32_shared_dyn", store_intrin()),
+        **_accumulator_intrinsics(),
         "load_a": _register(f"conv_mma_ldmatrix_{short}_a_trans_dyn", ldmatrix_intrin(dtype, "A")),
         "load_b": _register(f"conv_mma_ldmatrix_{short}_b_trans_dyn", ldmatrix_intrin(dtype, "B")),
         "compute": _register(f"conv_mma_{short}{short}f32_trans_a_trans_b", mma_intrin(dtype)),
