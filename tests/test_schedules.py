@@ -149,7 +149,7 @@ def test_channel_vector_rule_matches_torch(layer):
     # whole vectors of columns: cpu-direct's columns-on-SIMD tile, unless a vector takes two
     # registers (AVX2), where the blocked channel-vector tile serves
     (compiler.Conv2d(16, 16, 3, padding=1), (1, 16, 32, 32), "cpu-direct or, on AVX2, cpu-channel-vector"),
-    (compiler.Conv2d(64, 32, 1), (1, 64, 32, 32), "cpu-direct or, on AVX2, cpu-channel-vector"),
+    (compiler.Conv2d(128, 96, 1), (1, 128, 32, 32), "cpu-direct or, on AVX2, cpu-channel-vector"),  # 48 KB
     (compiler.Conv2d(96, 32, 1, bias=False), (2, 96, 1, 1), "cpu-direct or, on AVX2, cpu-channel-vector"),
 ], ids=repr)
 def test_blocked_channel_vector_matches_torch(layer, shape, expected):
@@ -159,6 +159,52 @@ def test_blocked_channel_vector_matches_torch(layer, shape, expected):
         two_registers = registers_per_vector(build.workload_of(request), host_target()) > 1
         expected = "cpu-channel-vector" if two_registers else "cpu-direct"
     assert layer.schedule == expected
+
+
+# Pointwise layers with weights that fit L1 (schedules/cpu_pointwise.py): pixels on the SIMD axis.
+
+@pytest.mark.parametrize("layer,shape", [
+    (compiler.Conv2d(16, 96, 1), (1, 16, 24, 32)),                 # 6 channels x 2 rows per tile
+    (compiler.Conv2d(32, 16, 1, bias=False), (2, 32, 9, 16)),      # 4 x 3, a last partial row band
+    (compiler.Conv2d(24, 7, 1), (1, 24, 5, 8)),                    # 7 channels: 1 x 12 (all 5 rows)
+    (compiler.Conv2d(48, 18, (1, 1), padding=0, dilation=3), (3, 48, 4, 24)),   # dilation is moot
+], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_pointwise_rule_matches_torch(layer, shape, dtype):
+    layer = layer.to(dtype)
+    assert_matches_torch(layer, torch.randn(*shape, dtype=dtype))
+    assert layer.schedule == "cpu-pointwise"
+
+
+@pytest.mark.parametrize("layer,shape,reason", [
+    (compiler.Conv2d(128, 96, 1), (1, 128, 16, 16), "48 KB of weights: more than L1"),
+    (compiler.Conv2d(16, 96, 1), (1, 16, 28, 28), "28 columns: not whole vectors"),
+    (compiler.Conv2d(16, 96, 1, stride=2), (1, 16, 32, 32), "strided"),
+    (compiler.Conv2d(16, 96, 1, padding=1), (1, 16, 30, 30), "padded"),
+    (compiler.Conv2d(16, 96, 1, groups=2), (1, 16, 32, 32), "grouped"),
+    (compiler.Conv2d(16, 96, 3, padding=1), (1, 16, 32, 32), "3x3"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_pointwise_rule_declines(layer, shape, reason):
+    request = KernelRequest(layer._spec(), shape, "float32")
+    func = build.prim_func(request)
+    assert schedules.CpuPointwise().apply(func, build.workload_of(request), host_target()) is None, reason
+
+
+def test_pointwise_rule_fuses_the_epilogue_into_the_tile():
+    """The tile is stored from registers by its own epilogue (no NCHW sums buffer in memory)."""
+    request = KernelRequest(ConvSpec.conv2d(16, 96, 1), (1, 16, 32, 32), "float32", epilogue=("add", "relu6"))
+    sched = build.schedule(request, host_target())
+    assert sched.rule == "cpu-pointwise"
+    script = sched.mod.script()
+    assert 'scope="local"' in script and "T.parallel(" in script and "T.vectorized(" in script
+
+
+def test_pointwise_tile_fills_three_quarters_of_the_registers():
+    from schedules.cpu_pointwise import PointwiseTile, choose_tile
+    assert choose_tile(96, 112, 8, 16) == PointwiseTile(6, 2, 8)      # AVX2: 12 accumulators
+    assert choose_tile(16, 112, 8, 16) == PointwiseTile(4, 3, 8)
+    assert choose_tile(7, 5, 8, 16) == PointwiseTile(1, 5, 8)         # a prime count of channels
+    assert choose_tile(96, 56, 16, 32) == PointwiseTile(6, 4, 16)     # AVX-512: 24 accumulators
 
 
 def _taps_read(spec, shape):
