@@ -1,4 +1,5 @@
-"""Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family.
+"""Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family,
+and of their gradient kernels (weight, padded input folded back, bias).
 
 Nothing here knows about targets or schedules.  Every function takes a :class:`KernelRequest` and
 returns the TE tensors ``[input, weight, (bias,) (residual,) output]`` in kernel-argument order;
@@ -14,7 +15,7 @@ from typing import List, Sequence
 
 from tvm import te, tirx
 
-from .request import ADD, Epilogue, KernelRequest
+from .request import ADD, FORWARD, PAD_GRAD, WEIGHT_GRAD, Epilogue, KernelRequest
 from .spec import ConvSpec
 
 #: Half-precision types accumulate in float32 (as cuDNN / oneDNN do); the rest in their own type.
@@ -260,11 +261,130 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     return _finish(request, x, w, b, interleaved)
 
 
+def weight_grad(request: KernelRequest) -> List[te.Tensor]:
+    """The gradient of the layer's weight: ``[input, grad_output, grad_weight]`` (torch's shapes).
+
+    For Conv2d, ``grad_w[co, ci, r, s] = sum_{n, oh, ow} pad(x)[n, g*cpg + ci, oh*sh + r*dh,
+    ow*sw + s*dw] * gy[n, co, oh, ow]`` with ``g = co // (out_channels / groups)``: the forward's
+    products, summed over pixels instead of taps (:func:`_conv_weight_grad`).
+
+    ConvTranspose2d is the adjoint of the Conv2d ``C_w`` with the same weight whose input has the
+    transposed layer's output channels (``spec.input_grad``): ``<T_w(x), z> = <x, C_w(z)>`` for
+    every ``z``.  ``T`` is linear in ``w``, so ``<gy, T_dw(x)> = <C_dw(gy), x> = sum_{n, co, oh, ow}
+    x[n, co, oh, ow] * sum_{ci, r, s} pad(gy)[n, g*cpg + ci, oh*sh + r*dh, ow*sw + s*dw] dw[co, ci, r, s]``:
+    the same family with the roles swapped, data := ``gy``, cotangent := ``x``, laid out as
+    ``C_w``'s weight ``[in_channels, out_channels/groups, kh, kw]``, which is torch's transposed
+    weight.  The pixel sums run over ``x``'s rows and columns: ``C_w`` on ``gy`` has ``op // s``
+    more (``spec.input_grad``), which no tap of the forward reaches.
+    """
+    spec, dtype = request.spec, request.dtype
+    x = te.placeholder(request.input_shape, dtype, name="input")
+    gy = te.placeholder(request.output_shape, dtype, name="grad_output")
+    if spec.transposed:
+        conv_spec, data, cotangent = spec.input_grad(request.input_shape, request.output_padding).spec, gy, x
+    else:
+        conv_spec, data, cotangent = spec, x, gy
+    grad = _conv_weight_grad(conv_spec, data, cotangent, ACCUMULATE_DTYPE[dtype])
+    out = te.compute(grad.shape, lambda co, ci, r, c: grad[co, ci, r, c].astype(dtype), name="output")
+    return [x, gy, out]
+
+
+def _conv_weight_grad(spec: ConvSpec, data: te.Tensor, cotangent: te.Tensor, acc: str) -> te.Tensor:
+    """Stage ``conv``: Conv2d's weight gradient, reduced over ``rn, roh, row`` (the cotangent's
+    images, rows and columns) in ``acc``; ``data`` is read through the padding (stage ``pad``)."""
+    n, _, oh_size, ow_size = (int(d) for d in cotangent.shape)
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    p = _pad(data, spec)
+    rn = te.reduce_axis((0, n), name="rn")
+    roh = te.reduce_axis((0, oh_size), name="roh")
+    row = te.reduce_axis((0, ow_size), name="row")
+    return te.compute(spec.weight_shape, lambda co, ci, r, c: te.sum(
+        p[rn, co // opg * cpg + ci, roh * sh + r * dh, row * sw + c * dw].astype(acc)
+        * cotangent[rn, co, roh, row].astype(acc), axis=[rn, roh, row]), name="conv")
+
+
+def _fold_candidates(mode: str, before: int, after: int, size: int):
+    """The padded positions ``before + offset(i)`` that ``padding_mode`` maps to source ``i`` of an
+    axis of ``size``, as ``(offset(i), condition(i) or None)``; each position appears once.
+
+    reflect: ``i``, ``-i`` (for ``i > 0``) and ``2(size-1) - i`` (for ``i < size-1``): pads are
+    below ``size``, so one reflection per side.  circular: ``i`` and ``i -+ size`` (pads at most
+    ``size``).  replicate: ``i``, and every left pad for ``i = 0``, every right pad for ``i = size-1``.
+    zeros (a crop): ``i``.  Positions outside the padded axis are dropped by the caller."""
+    direct = [(lambda i: i, None)]
+    if mode == "reflect":
+        return direct + [(lambda i: -i, lambda i: i > 0),
+                         (lambda i: 2 * (size - 1) - i, lambda i: i < size - 1)]
+    if mode == "circular":
+        return direct + [(lambda i: i - size, None), (lambda i: i + size, None)]
+    if mode == "replicate":
+        left = [(lambda i, k=k: -k, lambda i: i == 0) for k in range(1, before + 1)]
+        right = [(lambda i, k=k: size - 1 + k, lambda i: i == size - 1) for k in range(1, after + 1)]
+        return direct + left + right
+    return direct
+
+
+def _fold_axis(source: te.Tensor, axis: int, mode: str, before: int, after: int, size: int, acc: str,
+               name: str) -> te.Tensor:
+    """``source`` with padded axis ``axis`` folded onto its ``size`` source positions (sums in ``acc``)."""
+    padded = int(source.shape[axis])
+    shape = tuple(size if a == axis else int(d) for a, d in enumerate(source.shape))
+
+    def value(*index):
+        i = index[axis]
+        total = tirx.const(0, acc)
+        for k, (offset, condition) in enumerate(_fold_candidates(mode, before, after, size)):
+            p = before + offset(i)
+            read = list(index)
+            read[axis] = tirx.max(tirx.min(p, padded - 1), 0)
+            term = source[tuple(read)].astype(acc)
+            checks = [condition(i)] if condition else []
+            if k or before < 0 or after < 0:           # the direct position is inside unless cropped
+                checks.append(tirx.all(p >= 0, p < padded))
+            total = total + (tirx.if_then_else(tirx.all(*checks), term, tirx.const(0, acc)) if checks else term)
+        return total
+    return te.compute(shape, value, name=name)
+
+
+def pad_grad(request: KernelRequest) -> List[te.Tensor]:
+    """The gradient of a padded input folded back onto the input: ``[grad_padded, grad_input]``.
+
+    ``spec.input_grad`` says which padding the adjoint's output carries; each input position sums
+    the few padded positions its padding mode maps to it (:func:`_fold_candidates`), columns first
+    (stage ``fold_w``), then rows (stage ``output``, one rounding to the layer's dtype).
+    """
+    adjoint = request.spec.input_grad(request.input_shape, request.output_padding)
+    n, c, h, w = request.input_shape
+    pt, pb, pl, pr = adjoint.pads
+    acc, mode = ACCUMULATE_DTYPE[request.dtype], adjoint.padding_mode
+    g = te.placeholder((n, c, h + pt + pb, w + pl + pr), request.dtype, name="grad_padded")
+    columns = _fold_axis(g, 3, mode, pl, pr, w, acc, "fold_w")
+    rows = _fold_axis(columns, 2, mode, pt, pb, h, acc, "fold_h")
+    out = te.compute(rows.shape, lambda *i: rows(*i).astype(request.dtype), name="output")
+    return [g, out]
+
+
+def bias_grad(shape: Sequence[int], dtype: str) -> List[te.Tensor]:
+    """``[grad_output, grad_bias]``: ``grad_bias[c] = sum_{n, h, w} grad_output[n, c, h, w]`` (stage
+    ``sum`` in the accumulation type, reduce axes ``rn, rh, rw``; stage ``output`` rounds)."""
+    n, c, h, w = (int(d) for d in shape)
+    gy = te.placeholder((n, c, h, w), dtype, name="grad_output")
+    rn, rh, rw = te.reduce_axis((0, n), name="rn"), te.reduce_axis((0, h), name="rh"), te.reduce_axis((0, w), name="rw")
+    acc = ACCUMULATE_DTYPE[dtype]
+    total = te.compute((c,), lambda k: te.sum(gy[rn, k, rh, rw].astype(acc), axis=[rn, rh, rw]), name="sum")
+    return [gy, te.compute((c,), lambda k: total[k].astype(dtype), name="output")]
+
+
 def define(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
-    """The TE tensors of ``request`` (``weight_block``: the weight argument is pre-packed by
-    :func:`pack_weight`; conv2d only)."""
-    if request.spec.transposed:
+    """The TE tensors of ``request``, by operator (``weight_block``: the weight argument is
+    pre-packed by :func:`pack_weight`; forward conv2d only)."""
+    if request.operator != FORWARD or request.spec.transposed:
         if weight_block:
-            raise ValueError("pre-packed weights are defined for conv2d only")
+            raise ValueError("pre-packed weights are defined for the forward conv2d only")
+        if request.operator == WEIGHT_GRAD:
+            return weight_grad(request)
+        if request.operator == PAD_GRAD:
+            return pad_grad(request)
         return conv_transpose2d(request)
     return conv2d(request, weight_block)

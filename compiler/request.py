@@ -18,6 +18,11 @@ ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid", "
 #: The epilogue step that adds a residual tensor of the output's shape and dtype.
 ADD = "add"
 LAYOUTS = ("NCHW",)
+#: What a kernel computes for its layer: the forward pass; the gradient of the weight (arguments
+#: ``(input, grad_output, grad_weight)``); or the fold of a padded input gradient back onto the input
+#: (``spec.input_grad``'s pads and padding mode; arguments ``(grad_padded, grad_input)``).
+FORWARD, WEIGHT_GRAD, PAD_GRAD = "forward", "weight_grad", "pad_grad"
+OPERATORS = (FORWARD, WEIGHT_GRAD, PAD_GRAD)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,9 @@ class Epilogue:
 
 @dataclass(frozen=True, eq=False)
 class KernelRequest:
-    """One kernel: operator (``spec.transposed``), layer, batched NCHW input shape, dtype, the
-    transposed layer's output padding for this call, layout and epilogue.
+    """One kernel: layer (``spec.transposed`` picks the family), batched NCHW input shape of the
+    layer's forward, dtype, the transposed layer's output padding for this call, layout, epilogue
+    and operator (``OPERATORS``: the forward pass or a gradient kernel of the layer).
 
     Equality and hashing go through :attr:`key`, which holds the layer's resolved form (``'same'``
     and its explicit pads are one request)."""
@@ -59,6 +65,7 @@ class KernelRequest:
     output_padding: Optional[IntPair] = None
     layout: str = "NCHW"
     epilogue: Epilogue = field(default_factory=Epilogue)
+    operator: str = FORWARD
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -71,10 +78,17 @@ class KernelRequest:
             raise ValueError(f"layout {self.layout!r} is not supported: expected one of {LAYOUTS}")
         if not isinstance(self.epilogue, Epilogue):
             object.__setattr__(self, "epilogue", Epilogue(self.epilogue))
+        if self.operator not in OPERATORS:
+            raise ValueError(f"operator {self.operator!r} is not one of {OPERATORS}")
+        if self.operator != FORWARD and self.epilogue.steps:
+            raise ValueError(f"a {self.operator} kernel has no epilogue (got {self.epilogue})")
 
     @property
     def op(self) -> str:
-        return "conv_transpose2d" if self.spec.transposed else "conv2d"
+        """``conv2d``/``conv_transpose2d`` for the forward pass, ``conv2d_weight_grad`` etc. otherwise
+        (so forward requests keep the keys their tuning records were made with)."""
+        family = "conv_transpose2d" if self.spec.transposed else "conv2d"
+        return family if self.operator == FORWARD else f"{family}_{self.operator}"
 
     @functools.cached_property
     def output_shape(self) -> Tuple[int, int, int, int]:
@@ -95,4 +109,5 @@ class KernelRequest:
     def describe(self) -> str:
         """``Conv2d(...) on 1x64x56x56 float32`` (and the epilogue when there is one)."""
         text = f"{self.spec.describe()} on {'x'.join(map(str, self.input_shape))} {self.dtype}"
-        return text + (f" then {self.epilogue}" if self.epilogue.steps else "")
+        text += f" then {self.epilogue}" if self.epilogue.steps else ""
+        return text if self.operator == FORWARD else f"{self.operator} of {text}"

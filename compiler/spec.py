@@ -250,6 +250,42 @@ class ConvSpec:
                                  f"{min_sizes} to {max_sizes} (for an input of torch.Size({spatial}))")
         return tuple(size - lo for size, lo in zip(output_size, min_sizes))
 
+    def input_grad(self, input_shape: Sequence[int], output_padding: Optional[IntPair] = None) -> "Adjoint":
+        """The layer whose forward maps ``grad_output`` to the gradient of the input (its adjoint).
+
+        Conv2d's adjoint is a ConvTranspose2d with the same weight, stride, dilation and groups.
+        Its output padding recovers the input size: the transposed form of padding ``p`` gives
+        ``L - 2p + op`` rows, ``L = (out - 1) s + d (k - 1) + 1``, so ``op = in - L + 2p``, which
+        torch accepts only in ``[0, max(s, d))``.  Where it does not (asymmetric 'same' pads) or the
+        padding is not zeros, the adjoint is the unpadded transposed form (``op = in_padded - L``,
+        always below ``s``): its output is the gradient of the *padded* input, folded back through
+        the padding's index map (``pads``, ``padding_mode``).  ConvTranspose2d's adjoint is a Conv2d of
+        padding ``p``; it yields ``in + op // s`` rows (``op >= s`` happens with ``d > s``), the
+        extra rows reached by no tap: ``pads`` crops them."""
+        n, _, h, w = input_shape
+        out_shape = self.output_shape(input_shape, output_padding)
+        kh, kw = self.kernel_size
+        if self.transposed:
+            oph, opw = self.output_padding if output_padding is None else output_padding
+            ph, pw = self.pads[0], self.pads[2]
+            adjoint = ConvSpec.conv2d(self.out_channels, self.in_channels, (kh, kw), self.stride, (ph, pw),
+                                      self.dilation, self.groups, bias=False)
+            extra = (oph // self.stride[0], opw // self.stride[1])
+            return Adjoint(adjoint, None, (0, extra[0], 0, extra[1]), "zeros")
+        pt, pb, pl, pr = self.pads
+        spans = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in
+                 zip(out_shape[2:], self.stride, self.dilation, self.kernel_size)]
+        direct = tuple(size - span + 2 * p for size, span, p in zip((h, w), spans, (pt, pl)))
+        if self.padding_mode == "zeros" and all(0 <= op < max(s, d) for op, s, d in
+                                                zip(direct, self.stride, self.dilation)):
+            padding, output_padding, pads = (pt, pl), direct, (0, 0, 0, 0)
+        else:
+            padded = (h + pt + pb, w + pl + pr)
+            padding, output_padding, pads = (0, 0), tuple(p - span for p, span in zip(padded, spans)), self.pads
+        adjoint = ConvSpec.conv_transpose2d(self.out_channels, self.in_channels, (kh, kw), self.stride, padding,
+                                            output_padding, self.groups, False, self.dilation)
+        return Adjoint(adjoint, output_padding, pads, self.padding_mode if any(pads) else "zeros")
+
     @property
     def class_name(self) -> str:
         return "ConvTranspose2d" if self.transposed else "Conv2d"
@@ -281,3 +317,21 @@ class ConvSpec:
             return 2 * n * c * h * w * (self.out_channels // self.groups) * kh * kw
         _, co, oh, ow = self.output_shape(input_shape)
         return 2 * n * co * oh * ow * (c // self.groups) * kh * kw
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """How the gradient of a layer's input is computed (:meth:`ConvSpec.input_grad`): the layer
+    ``spec`` on ``grad_output`` (with ``output_padding`` when it is transposed), whose output is the
+    gradient of the input padded by ``pads`` (top, bottom, left, right) in ``padding_mode``; the
+    positions of that padded gradient that map to one input position are summed into it."""
+
+    spec: ConvSpec
+    output_padding: Optional[IntPair]
+    pads: Tuple[int, int, int, int]
+    padding_mode: str
+
+    @property
+    def folds(self) -> bool:
+        """The adjoint's output is a padded gradient (a fold back to the input is needed)."""
+        return any(self.pads)

@@ -5,15 +5,21 @@ from .cpu_depthwise import CpuDepthwise
 from .cpu_direct import CpuDirect
 from .cpu_pointwise import CpuPointwise
 from .cpu_transposed import CpuTransposed
+from .cpu_weight_grad import CpuWeightGrad
 from .cuda_direct import CudaDirect
 from .cuda_tensorcore import CudaTensorCore
+from .cuda_weight_grad import CudaWeightGrad
 from .fallback import CpuFallback
+from .grad_folds import PadGrad, schedule_bias_grad
 
-#: The CPU rule chain, most specialised first; the fallback accepts everything.
-CPU_RULES = (CpuTransposed(), CpuDepthwise(), CpuPointwise(), CpuChannelVector(), CpuDirect(), CpuFallback())
-#: The CUDA rule chain: tensor cores for the half types on sm_80+ (16+ channels per group on both
-#: sides), then the direct rule, which covers every variant.
-CUDA_RULES = (CudaTensorCore(), CudaDirect())
+#: The CPU rule chain, most specialised first; the fallback accepts every forward request.  Rules
+#: serve the request operators they name (``ScheduleRule.operators``): the gradient kernels' rules
+#: come first, and the forward rules are never offered a gradient kernel.
+CPU_RULES = (CpuWeightGrad(), PadGrad(), CpuTransposed(), CpuDepthwise(), CpuPointwise(),
+             CpuChannelVector(), CpuDirect(), CpuFallback())
+#: The CUDA rule chain: the gradient kernels' rules, then tensor cores for the half types on sm_80+
+#: (16+ channels per group on both sides), then the direct rule, which covers every forward variant.
+CUDA_RULES = (CudaWeightGrad(), PadGrad(), CudaTensorCore(), CudaDirect())
 
 
 def rules_for(target):
@@ -25,4 +31,9 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
+<<<<<<< HEAD
 __all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback"]
+=======
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
+           "schedule_bias_grad"]
+>>>>>>> main

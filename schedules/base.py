@@ -21,6 +21,8 @@ class Workload:
     accumulate_dtype: str
     #: the request's epilogue steps after the bias (a residual "add", activations): stage ``output``
     epilogue: Tuple[str, ...] = ()
+    #: what the kernel computes (``compiler.request.OPERATORS``): "forward", "weight_grad", "pad_grad"
+    operator: str = "forward"
 
 
 def _accumulator_bits(workload: Workload) -> int:
@@ -65,6 +67,9 @@ class ScheduleRule:
     """A hand-written schedule for one pattern of convolution on one kind of target."""
 
     name = "rule"
+    #: the request operators whose compute this rule knows (``Workload.operator``); ``apply_first``
+    #: never offers it another's
+    operators: Tuple[str, ...] = ("forward",)
 
     def weight_block(self, workload: Workload, target: Target) -> Optional[int]:
         """Output channels per block if this rule wants the weight pre-packed into
@@ -84,6 +89,8 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     ones; rules are offered pre-packed weights only when ``prepacked``.
     """
     for rule in rules:
+        if workload.operator not in rule.operators:
+            continue
         block = rule.weight_block(workload, target) if prepacked else None
         sch = rule.apply(make_func(block), workload, target)
         if sch is not None:
