@@ -31,9 +31,5 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
-<<<<<<< HEAD
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback"]
-=======
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
+__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
            "schedule_bias_grad"]
->>>>>>> main

@@ -37,7 +37,7 @@ def test_rules_parallelise_and_vectorise(spec, expected):
     shape = (1, spec.in_channels, 19, 19)
     name = build.schedule(KernelRequest(spec, shape, "float32"), host_target(), prepacked=True).rule
     assert name == expected
-    for rule in CPU_RULES:
+    for rule in (r for r in CPU_RULES if "forward" in r.operators):
         func = build.prim_func(KernelRequest(spec, shape, "float32"))
         if rule.apply(func, build.workload_of(KernelRequest(spec, shape, "float32")), host_target()) is None:
             assert rule.name != expected
