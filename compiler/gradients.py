@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Dict, Sequence
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import tvm
@@ -28,7 +28,7 @@ from tvm import te
 from schedules import schedule_bias_grad
 
 from . import compute, library_cache
-from .build import ENTRY, get_kernel
+from .build import ENTRY, Kernel, generation, get_kernel
 from .modules import SUPPORTED_DTYPES, _device_target
 from .request import PAD_GRAD, WEIGHT_GRAD, KernelRequest
 from .spec import ConvSpec
@@ -38,27 +38,21 @@ def conv_input_grad(spec: ConvSpec, input_shape, weight: torch.Tensor, grad_outp
                     output_padding=None, *, target=None, tuning_database=None) -> torch.Tensor:
     """The gradient of the layer's input (shape ``input_shape``) for ``grad_output`` and ``weight``."""
     input_shape = tuple(int(d) for d in input_shape)
-    dtype = _check(spec, input_shape, output_padding, grad_output, weight=weight)
-    if 0 in input_shape or grad_output.numel() == 0:
+    plan = _plan("input", spec, input_shape, output_padding, grad_output, target, tuning_database)
+    _check_tensor("weight", weight, plan.weight_shape, grad_output)
+    if plan.kernel is None:
         return grad_output.new_zeros(input_shape)
-    spec = _unbiased(spec)
-    adjoint = spec.input_grad(input_shape, output_padding)
-    target = target or _device_target(grad_output.device)
-    request = KernelRequest(adjoint.spec, tuple(grad_output.shape), dtype, adjoint.output_padding)
-    kernel = get_kernel(request, target, prepacked=True, database=tuning_database)
-    w = weight.detach().contiguous()
+    kernel, w = plan.kernel, weight.detach().contiguous()
     if kernel.pack is not None:
         packed = w.new_empty(kernel.packed_weight_shape)
         _launch(kernel.pack, w, packed)
         w = packed
-    result = grad_output.new_empty(request.output_shape)
+    result = grad_output.new_empty(kernel.request.output_shape)
     _launch(kernel, grad_output.detach().contiguous(), w, result)
-    if not adjoint.folds:
+    if plan.fold is None:
         return result
-    fold = get_kernel(KernelRequest(spec, input_shape, dtype, output_padding, operator=PAD_GRAD), target,
-                      database=tuning_database)
     grad_input = grad_output.new_empty(input_shape)
-    _launch(fold, result, grad_input)
+    _launch(plan.fold, result, grad_input)
     return grad_input
 
 
@@ -68,13 +62,12 @@ def conv_weight_grad(spec: ConvSpec, input: torch.Tensor, grad_output: torch.Ten
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise RuntimeError(f"expected a 4-D batched NCHW input tensor, got "
                            f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
-    dtype = _check(spec, tuple(input.shape), output_padding, grad_output, input=input)
-    if input.numel() == 0 or grad_output.numel() == 0:
-        return grad_output.new_zeros(spec.weight_shape)
-    request = KernelRequest(_unbiased(spec), tuple(input.shape), dtype, output_padding, operator=WEIGHT_GRAD)
-    kernel = get_kernel(request, target or _device_target(input.device), database=tuning_database)
-    grad_weight = grad_output.new_empty(spec.weight_shape)
-    _launch(kernel, input.detach().contiguous(), grad_output.detach().contiguous(), grad_weight)
+    plan = _plan("weight", spec, tuple(input.shape), output_padding, grad_output, target, tuning_database)
+    _check_tensor("input", input, tuple(input.shape), grad_output)
+    if plan.kernel is None:
+        return grad_output.new_zeros(plan.weight_shape)
+    grad_weight = grad_output.new_empty(plan.weight_shape)
+    _launch(plan.kernel, input.detach().contiguous(), grad_output.detach().contiguous(), grad_weight)
     return grad_weight
 
 
@@ -93,6 +86,62 @@ def conv_bias_grad(grad_output: torch.Tensor, *, target=None) -> torch.Tensor:
     return grad_bias
 
 
+# ---------------------------------------------------------------------------------------- plans
+class _Plan(NamedTuple):
+    weight_shape: tuple
+    kernel: Optional[Kernel]         # None: nothing to sum (the gradient is zeros)
+    fold: Optional[Kernel] = None    # the input gradient's pad_grad kernel, where the adjoint pads
+
+
+#: (which, spec, input shape, output padding, grad_output's shape/dtype/device, target, database)
+#: -> _Plan: a repeated backward skips the shape rules and the kernel-cache lookups (the modules'
+#: dispatch memo does the same for the forward).
+_PLANS: Dict[tuple, _Plan] = {}
+_PLAN_MEMO_SIZE = 256
+
+
+def _plan(which: str, spec: ConvSpec, input_shape: tuple, output_padding, grad_output, target, database) -> _Plan:
+    """The validated kernels of one gradient (torch's errors on the first call with these arguments)."""
+    if not isinstance(grad_output, torch.Tensor):
+        raise TypeError(f"grad_output must be a Tensor, got {type(grad_output).__name__}")
+    key = (which, spec, input_shape, None if output_padding is None else tuple(output_padding),
+           tuple(grad_output.shape), grad_output.dtype, grad_output.device,
+           None if target is None else str(target), database, generation())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(which, spec, input_shape, output_padding, grad_output, target, database)
+        if len(_PLANS) >= _PLAN_MEMO_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(which, spec, input_shape, output_padding, grad_output, target, database) -> _Plan:
+    if len(input_shape) != 4:
+        raise RuntimeError(f"expected a 4-D batched NCHW input shape, got {tuple(input_shape)}")
+    dtype = _dtype_name(grad_output)
+    output_shape = spec.output_shape(input_shape, output_padding)        # torch's forward errors
+    if tuple(grad_output.shape) != tuple(output_shape):
+        raise RuntimeError(f"Mismatch in shape: grad_output has a shape of {tuple(grad_output.shape)} and "
+                           f"output has a shape of {tuple(output_shape)}")
+    weight_shape = tuple(spec.weight_shape)
+    if 0 in input_shape or 0 in output_shape:
+        return _Plan(weight_shape, None)
+    spec = _unbiased(spec)
+    target = target or _device_target(grad_output.device)
+    if which == "weight":
+        request = KernelRequest(spec, input_shape, dtype, output_padding, operator=WEIGHT_GRAD)
+        return _Plan(weight_shape, get_kernel(request, target, database=database))
+    adjoint = spec.input_grad(input_shape, output_padding)
+    request = KernelRequest(adjoint.spec, tuple(output_shape), dtype, adjoint.output_padding)
+    kernel = get_kernel(request, target, prepacked=True, database=database)
+    fold = None
+    if adjoint.folds:
+        fold = get_kernel(KernelRequest(spec, input_shape, dtype, output_padding, operator=PAD_GRAD), target,
+                          database=database)
+    return _Plan(weight_shape, kernel, fold)
+
+
 # ---------------------------------------------------------------------------------------- checks
 def _dtype_name(t: torch.Tensor) -> str:
     if t.dtype not in SUPPORTED_DTYPES:
@@ -103,29 +152,18 @@ def _dtype_name(t: torch.Tensor) -> str:
     return SUPPORTED_DTYPES[t.dtype]
 
 
-def _check(spec: ConvSpec, input_shape: Sequence[int], output_padding, grad_output: torch.Tensor,
-           **others: torch.Tensor) -> str:
-    """torch's errors for a backward call: shapes (the forward's own rules first), dtypes, devices."""
-    if len(input_shape) != 4:
-        raise RuntimeError(f"expected a 4-D batched NCHW input shape, got {tuple(input_shape)}")
-    if not isinstance(grad_output, torch.Tensor):
-        raise TypeError(f"grad_output must be a Tensor, got {type(grad_output).__name__}")
-    dtype = _dtype_name(grad_output)
-    output_shape = spec.output_shape(input_shape, output_padding)        # torch's forward errors
-    if tuple(grad_output.shape) != tuple(output_shape):
-        raise RuntimeError(f"Mismatch in shape: grad_output has a shape of {tuple(grad_output.shape)} and "
-                           f"output has a shape of {tuple(output_shape)}")
-    expected = {"weight": tuple(spec.weight_shape), "input": tuple(input_shape)}
-    for name, tensor in others.items():
-        if tuple(tensor.shape) != expected[name]:
-            raise RuntimeError(f"expected {name} of shape {list(expected[name])}, got {list(tensor.shape)}")
-        if tensor.dtype != grad_output.dtype:
-            raise RuntimeError(f"expected {name} and grad_output to have the same dtype, but got "
-                               f"{tensor.dtype} and {grad_output.dtype}")
-        if tensor.device != grad_output.device:
-            raise RuntimeError(f"expected {name} and grad_output on the same device, but got "
-                               f"{tensor.device} and {grad_output.device}")
-    return dtype
+def _check_tensor(name: str, tensor, shape: tuple, grad_output: torch.Tensor) -> None:
+    """torch's RuntimeError for an operand of the wrong shape, dtype or device."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != shape:
+        raise RuntimeError(f"expected {name} of shape {list(shape)}, got {list(tensor.shape)}")
+    if tensor.dtype != grad_output.dtype:
+        raise RuntimeError(f"expected {name} and grad_output to have the same dtype, but got "
+                           f"{tensor.dtype} and {grad_output.dtype}")
+    if tensor.device != grad_output.device:
+        raise RuntimeError(f"expected {name} and grad_output on the same device, but got "
+                           f"{tensor.device} and {grad_output.device}")
 
 
 def _unbiased(spec: ConvSpec) -> ConvSpec:

@@ -32,13 +32,32 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, max(1, limit)) + 1) if n % d == 0)
 
 
-def tap_tile(in_per_group: int, kernel_width: int, registers: int) -> tuple:
-    """(input channels, kernel columns) of the register tile: as many accumulator vectors as the
-    register file holds beside the ``gy`` vector and a broadcast, kernel columns whole when they fit."""
-    budget = max(1, registers - 2)
-    columns = kernel_width if kernel_width <= budget else _divisor_at_most(kernel_width, budget)
-    channels = _divisor_at_most(in_per_group, budget // columns)
-    return channels, columns
+def tap_tile(in_per_group: int, kernel: tuple, taps: int) -> tuple:
+    """(input channels, kernel rows, kernel columns) of the register tile, at most ``taps`` of them:
+    kernel columns whole when they fit, then input channels, then kernel rows (only once every
+    input channel of the group is in the tile: the depthwise case)."""
+    kh, kw = kernel
+    columns = _divisor_at_most(kw, taps)
+    channels = _divisor_at_most(in_per_group, taps // columns)
+    rows = _divisor_at_most(kh, taps // (columns * channels)) if channels == in_per_group else 1
+    return channels, rows, columns
+
+
+def tile_taps(registers: int, registers_per_vector: int) -> int:
+    """Accumulator vectors of the register tile: the register file less the ``gy`` vector, a
+    broadcast and two spares.  Measured single-threaded on znver3 (16 ymm registers, 16-lane vectors
+    in two), Conv2d(128, 128, 3) on 28x28: 6 accumulators (12 registers) spilled in the inner loop,
+    22 GFLOP/s; see the module's measurements for the tile this gives."""
+    return max(1, (registers - 3 * registers_per_vector) // registers_per_vector)
+
+
+def channel_lanes(workload, target, channels: int) -> int:
+    """Output channels per vector: the accumulator's lanes where they divide ``channels``, else one
+    register's (AVX2: 120 channels take 8-lane vectors); 0 where neither divides."""
+    for lanes in (accumulator_lanes(workload, target), native_lanes(workload, target)):
+        if channels % lanes == 0:
+            return lanes
+    return 0
 
 
 class CpuWeightGrad(ScheduleRule):
@@ -49,33 +68,46 @@ class CpuWeightGrad(ScheduleRule):
         if str(target.kind) != "llvm":
             return None
         spec = workload.spec
-        lanes = accumulator_lanes(workload, target)
-        if not spec.transposed and (spec.out_channels // spec.groups) % lanes == 0:
-            return self._apply_channel_vector(func, workload, target, lanes)
-        if spec.transposed and (spec.in_channels // spec.groups) % lanes == 0:
-            return self._apply_channel_vector(func, workload, target, lanes)
+        # The transposed layer's gradient is its Conv2d adjoint's (compute.weight_grad), whose
+        # output channels are the transposed layer's input channels.
+        out_channels, in_channels = (spec.in_channels, spec.out_channels) if spec.transposed else \
+            (spec.out_channels, spec.in_channels)
+        depthwise = in_channels == out_channels == spec.groups
+        # A vector of output channels reads one input channel (a group's), or depthwise one each.
+        lanes = channel_lanes(workload, target, out_channels if depthwise else out_channels // spec.groups)
+        if lanes:
+            return self._apply_channel_vector(func, workload, target, lanes, depthwise)
         return self._apply_columns(func, workload, target)
 
-    def _apply_channel_vector(self, func, workload, target, lanes):
+    def _apply_channel_vector(self, func, workload, target, lanes, depthwise):
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
         co, ci, r, c, rn, roh, row = sch.get_loops(conv)
-        registers = cpu_info(target).vector_registers // registers_per_vector(workload, target, lanes)
-        ci_tile, c_tile = tap_tile(extent(ci), extent(c), registers)
+        per_vector = registers_per_vector(workload, target, lanes)
+        taps = tile_taps(cpu_info(target).vector_registers, per_vector)
+        ci_tile, r_tile, c_tile = tap_tile(extent(ci), (extent(r), extent(c)), taps)
         acc_bytes = DTYPE_BYTES[workload.accumulate_dtype]
         rows = _divisor_at_most(extent(roh), CHUNK_BYTES // max(1, extent(row) * lanes * acc_bytes))
-        # Step 1. The padded input materialised once, in parallel (the tile reads it by broadcasts).
-        schedule_pad(sch, workload)
-        # Step 2. A task per channel vector; the pixels in chunks of rows, every tap tile inside.
+        data, cotangent = ("grad_output", "input") if workload.spec.transposed else ("input", "grad_output")
         co_o, co_v = sch.split(co, factors=[None, lanes])
+        # Step 1. A task per channel vector; the pixels in chunks of rows, every tap tile inside.
         ci_o, ci_i = sch.split(ci, factors=[None, ci_tile])
+        r_o, r_i = sch.split(r, factors=[None, r_tile])
         c_o, c_i = sch.split(c, factors=[None, c_tile])
         roh_o, roh_i = sch.split(roh, factors=[None, rows])
-        sch.reorder(co_o, rn, roh_o, ci_o, r, c_o, roh_i, row, ci_i, c_i, co_v)
+        sch.reorder(co_o, rn, roh_o, ci_o, r_o, c_o, roh_i, row, ci_i, r_i, c_i, co_v)
         sch.parallel(co_o)
+        # Step 2. The padded input: materialised once, in parallel, read by broadcasts; depthwise,
+        # each task packs its channel vector's planes channel-last (a vector load per tap).
+        if depthwise:
+            pad = sch.get_sblock("pad") if has_block(sch, "pad") else sch.cache_read(conv, data, "global")
+            sch.transform_layout(pad, ("write", 0), lambda n, k, y, x: (k // lanes, n, y, x, k % lanes))
+            sch.compute_at(pad, co_o)
+        else:
+            schedule_pad(sch, workload)
         # Step 3. The chunk's gy packed pixel-major, channel vector last, just before it is used.
-        pack = sch.cache_read(conv, "input" if workload.spec.transposed else "grad_output", "global")
+        pack = sch.cache_read(conv, cotangent, "global")
         sch.transform_layout(pack, ("write", 0), lambda n, k, y, x: (k // lanes, n, y, x, k % lanes))
         sch.compute_at(pack, roh_o)
         # Step 4. The sums channel-vector-last across chunks; torch's layout written per task.
@@ -83,7 +115,7 @@ class CpuWeightGrad(ScheduleRule):
         sch.reverse_compute_at(out, co_o)
         # Step 5. Register tile: a vector of output channels x the tap tile, unrolled.
         sch.vectorize(co_v)
-        for loop in (ci_i, c_i):
+        for loop in (ci_i, r_i, c_i):
             if extent(loop) > 1:
                 sch.unroll(loop)
         sch.decompose_reduction(conv, rn)
