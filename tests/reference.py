@@ -70,13 +70,24 @@ def assert_output_matches(ours: torch.nn.Module, x: torch.Tensor, y, **forward_k
     if y.numel() == 0:
         return y
     reduction = (ours.in_channels // ours.groups) * ours.kernel_size[0] * ours.kernel_size[1] + 1
-    u_acc, u_out = UNIT_ROUNDOFF[ACCUMULATE[x.dtype]], UNIT_ROUNDOFF[x.dtype]
-    acc, out = ACCUMULATE[x.dtype], x.dtype
-    underflow = reduction * torch.finfo(acc).smallest_normal * u_acc + torch.finfo(out).smallest_normal * u_out
-    bound = reduction * u_acc * magnitude + u_out * exact.abs() + underflow
+    assert_within_bound(y, exact, magnitude, reduction)
+    return y
+
+
+def assert_within_bound(y: torch.Tensor, exact: torch.Tensor, magnitude: torch.Tensor, reduction: int,
+                        roundings: int = 1) -> None:
+    """``y`` (in its own dtype) against the float64 ``exact`` value of a sum of at most ``reduction``
+    products accumulated in the dtype's accumulation type, whose absolute terms sum to
+    ``magnitude``.  ``roundings`` counts the roundings to ``y``'s dtype on the way: one (the
+    result), or two where a rounded intermediate is summed again (each adds ``u_out * magnitude``
+    at most: it rounds partial sums bounded by ``magnitude``)."""
+    u_acc, u_out = UNIT_ROUNDOFF[ACCUMULATE[y.dtype]], UNIT_ROUNDOFF[y.dtype]
+    acc, out = ACCUMULATE[y.dtype], y.dtype
+    underflow = reduction * torch.finfo(acc).smallest_normal * u_acc + \
+        roundings * torch.finfo(out).smallest_normal * u_out
+    bound = reduction * u_acc * magnitude + u_out * exact.abs() + (roundings - 1) * u_out * magnitude + underflow
     err = (y.double() - exact).abs()
     worst = (err - bound).argmax()
     assert bool((err <= bound).all()), (
         f"error {err.flatten()[worst].item():.3e} exceeds bound {bound.flatten()[worst].item():.3e} "
         f"at flat index {worst.item()} (y={y.flatten()[worst].item()}, exact={exact.flatten()[worst].item()})")
-    return y
