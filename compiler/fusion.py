@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import ops
 from .modules import Conv2d, ConvTranspose2d, _ConvBase
 from .request import ADD, Epilogue
 
@@ -33,6 +34,13 @@ def apply_epilogue(y: torch.Tensor, steps: Tuple[str, ...], residual: Optional[t
     return y
 
 
+def _autograd_needed(*tensors) -> bool:
+    """Whether autograd may differentiate the call (fx proxies: it may, so the traced graph is)."""
+    if any(t is not None and not isinstance(t, torch.Tensor) for t in tensors):
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _Fused:
     """Mixin: the kernel applies ``self.epilogue``; ``forward(input, residual=None)``."""
 
@@ -40,6 +48,11 @@ class _Fused:
         if self.epilogue.residual != (residual is not None):
             raise TypeError(f"{type(self).__name__} with epilogue {self.epilogue} "
                             f"{'takes' if self.epilogue.residual else 'takes no'} residual input")
+        if not self._plain(input) or (residual is not None and ops.needs_operator(residual)):
+            if _autograd_needed(input, self.weight, self.bias, residual):    # torch differentiates the epilogue
+                return apply_epilogue(self._convolve(input), self.epilogue.steps, residual)
+            return self._convolve(input, residual, "+".join(self.epilogue.steps))
+        self._check_input(input)
         if residual is None:
             return self._run(input, output_padding)
         batched = input if input.dim() == 4 else input.unsqueeze(0)
@@ -65,7 +78,6 @@ class FusedConv2d(_Fused, Conv2d):
     """``Conv2d`` (BatchNorm folded in) followed by its epilogue, in one kernel."""
 
     def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self._check_input(input)
         return self._fused_run(input, residual)
 
 
@@ -75,7 +87,6 @@ class FusedConvTranspose2d(_Fused, ConvTranspose2d):
     def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.padding_mode != "zeros":
             raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
-        self._check_input(input)
         return self._fused_run(input, residual, tuple(self.output_padding))
 
 

@@ -5,10 +5,13 @@ and errors are torch's (2.13), so ``state_dict`` moves both ways between these a
 Inputs and outputs cross into TVM through DLPack (no copies): the kernel writes straight into the
 returned tensor.  Kernels are compiled on first use per (layer, input shape, dtype, target) and
 cached for the process; ``module.kernel`` is the last one used (``.schedule``, ``.target``).
-The modules are for inference: their outputs carry no autograd history.
+Where autograd, torch.compile/export, fx or jit tracing needs it, a call goes through the torch
+operators of ``compiler.ops`` (differentiable, traceable); plain inference calls the kernel directly,
+which costs ~20 us less per call.  complex32/64/128 are computed as torch computes them: three real
+convolutions of the component dtype (``ops.complex_convolution``).
 
-Where the schedule wants the weights in a blocked layout, they are packed once and kept with the
-module; torch's version counter (bumped by every in-place update, ``load_state_dict`` included) and
+Where the schedule wants the weights in a blocked layout, they are packed once and kept beside the
+weight tensor (ops.packed_weight); torch's version counter (bumped by every in-place update, ``load_state_dict`` included) and
 the tensor's identity and address say when to repack.  Writes through ``weight.data`` bypass that
 counter, as they bypass autograd: call ``module.drop_packed_weights()`` after them.
 """
@@ -22,16 +25,17 @@ import torch
 from torch import nn
 from torch.nn import init
 
-import tvm_ffi
-
 from targets import PRESETS, GpuPreset, host_target
 
-from .build import Kernel, generation, get_kernel
-from .request import Epilogue, KernelRequest
+from . import ops
+from .build import Kernel, generation
+from .request import Epilogue
 from .spec import ConvSpec
 
-SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-                    torch.bfloat16: "bfloat16"}
+#: The real dtypes the kernels compute in (complex ones: ``ops.COMPLEX_DTYPES``).
+SUPPORTED_DTYPES = ops.REAL_DTYPES
+#: Every dtype a module takes.
+MODULE_DTYPES = {**SUPPORTED_DTYPES, **ops.COMPLEX_DTYPES}
 
 
 #: Distinct (layer, input shape, ...) combinations one module remembers before starting over.
@@ -78,7 +82,6 @@ class _ConvBase(nn.Module):
         #: tuning_logs/<target key>), or False (hand-written schedules only)
         self.tuning_database = None
         self.kernel: Optional[Kernel] = None
-        self._packed_weight = None   # (key, tensor): the weight in the last kernel's blocked layout
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -120,66 +123,31 @@ class _ConvBase(nn.Module):
 
     def drop_packed_weights(self) -> None:
         """Forget the packed copy of the weights (the next call repacks them)."""
-        self._packed_weight = None
+        ops.drop_packed_weight(self.weight)
 
     def _kernel_weight(self, kernel: Kernel) -> torch.Tensor:
-        """The weight as ``kernel`` takes it: torch's layout, or packed once per weight change."""
-        weight = self.weight.detach()
-        if kernel.pack is None:
-            return weight.contiguous()
-        key = (id(self.weight), self.weight._version, weight.data_ptr(), weight.dtype,
-               kernel.packed_weight_shape)
-        if self._packed_weight is None or self._packed_weight[0] != key:
-            packed = weight.new_empty(kernel.packed_weight_shape)
-            kernel.pack(weight.contiguous(), packed)
-            self._packed_weight = (key, packed)
-        return self._packed_weight[1]
+        """The weight as ``kernel`` takes it: torch's layout, or packed once per weight change (one
+        cache with the operators' calls, keyed by the weight tensor itself)."""
+        return ops.packed_weight(kernel, self.weight)
 
     # ------------------------------------------------------------------ forward
     def _spec(self) -> ConvSpec:
         """The layer as torch's forward sees it now: stride, padding, dilation, groups and mode from
         the attributes, channels and kernel size from the weight tensor itself (torch's forward never
         reads ``in_channels``/``kernel_size``, so a replaced weight of another shape is what counts)."""
-        weight, groups = self.weight, self.groups
-        if weight.dim() != 4:
-            raise RuntimeError(f"expected stride to be a single integer value or a list of "
-                               f"{weight.dim() - 2} values to match the convolution dimensions, but got "
-                               f"stride={list(self.stride)}")
-        first, second, kh, kw = weight.shape
-        in_channels, out_channels = (first, second * groups) if self.transposed else (second * groups, first)
-        return ConvSpec(self.transposed, in_channels, out_channels, (kh, kw),
-                        tuple(self.stride), self.padding if isinstance(self.padding, str)
-                        else tuple(self.padding), tuple(self.dilation), groups,
-                        self.bias is not None, self.padding_mode, tuple(self.output_padding))
-
-    def _check_bias(self, spec: ConvSpec) -> None:
-        if self.bias is not None and tuple(self.bias.shape) != (spec.out_channels,):
-            kind = "transposed=1, " if spec.transposed else ""
-            raise RuntimeError(f"Given {kind}weight of size {list(self.weight.shape)}, expected bias to be "
-                               f"1-dimensional with {spec.out_channels} elements, but got bias of size "
-                               f"{list(self.bias.shape)} instead")
+        return ops.layer_spec(self.transposed, self.weight.shape, self.bias is not None, self.stride,
+                              self.padding, self.dilation, self.groups, self.padding_mode, self.output_padding)
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
-        if dtype not in SUPPORTED_DTYPES:
-            raise RuntimeError(f"{type(self).__name__} computes in {', '.join(map(str, SUPPORTED_DTYPES))}; "
+        if dtype not in MODULE_DTYPES:
+            raise RuntimeError(f"{type(self).__name__} computes in {', '.join(map(str, MODULE_DTYPES))}; "
                                f"its parameters are {dtype}")
 
     def _check_input(self, input) -> None:
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"{self._op_name}(): argument 'input' must be Tensor, not {type(input).__name__}")
-        if input.dim() not in (3, 4):
-            raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to {self._op_name}, but got "
-                               f"input of size: {list(input.shape)}")
-        self._check_dtype(self.weight.dtype)              # e.g. after module.to(torch.complex64)
-        if input.dtype != self.weight.dtype:
-            raise RuntimeError(f"Input type ({input.dtype}) and weight type ({self.weight.dtype}) should "
-                               "be the same")
-        if input.device != self.weight.device:
-            raise RuntimeError(f"Input device ({input.device}) and weight device ({self.weight.device}) "
-                               "should be the same")
+        ops.check_input(self._op_name, input, self.weight, MODULE_DTYPES, type(self).__name__)
 
     def _layer_key(self) -> tuple:
-        """Everything of the module's own state that ``_spec`` and ``_check_bias`` read (cheap to
+        """Everything of the module's own state that ``_spec`` and the bias check read (cheap to
         build: attribute reads, no validation)."""
         bias = self.bias
         return (tuple(self.weight.shape), tuple(self.stride), self.padding if isinstance(self.padding, str)
@@ -202,18 +170,12 @@ class _ConvBase(nn.Module):
         memo = self.__dict__.setdefault("_dispatch_memo", {})
         hit = memo.get(key)
         if hit is None:
-            spec = spec or self._spec()
-            self._check_bias(spec)
-            request = KernelRequest(spec, tuple(x.shape), SUPPORTED_DTYPES[x.dtype], output_padding,
-                                    epilogue=self.epilogue)
-            out_shape = request.output_shape                  # raises torch's errors
-            kernel = None                   # nothing to compute: no kernel for empty outputs or meta tensors
-            if x.shape[0] != 0 and 0 not in out_shape and x.device.type != "meta":
-                kernel = get_kernel(request, self.target or _device_target(x.device), prepacked=True,
-                                    database=self.tuning_database)
+            hit = ops.plan(spec or self._spec(), tuple(x.shape), x.dtype, x.device, output_padding, self.epilogue,
+                           self.target or _device_target(x.device), self.tuning_database, self.weight.shape,
+                           None if self.bias is None else self.bias.shape)
             if len(memo) >= _DISPATCH_MEMO_SIZE:
                 memo.clear()
-            hit = memo[key] = (out_shape, kernel, request)
+            memo[key] = hit
         self.__dict__["last_request"] = hit[2]          # what this call asked for (tune_model reads it)
         return hit[:2]
 
@@ -230,20 +192,68 @@ class _ConvBase(nn.Module):
                 args.append(self.bias.detach().contiguous())
             if residual is not None:
                 args.append((residual if batched else residual.unsqueeze(0)).detach().contiguous())
-            if x.is_cuda:
-                with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():   # torch's current stream
-                    kernel(*args, y)
-            else:
-                kernel(*args, y)
+            ops.launch(kernel, *args, y)
             if self.kernel is not kernel:
                 self.kernel = kernel
         return y if batched else y.squeeze(0)
+
+    # ------------------------------------------------------------ the operators (autograd, tracing, complex)
+    def _operator_args(self, residual, epilogue: str, output_size=None) -> tuple:
+        """The operator's arguments after ``input, weight, bias`` (see ``ops._SCHEMAS``)."""
+        where = (epilogue, ops.encode_target(self.target), ops.encode_database(self.tuning_database))
+        if self.transposed:
+            return (residual, list(self.stride), list(self.padding), list(self.output_padding),
+                    output_size, list(self.kernel_size), self.groups, list(self.dilation)) + where
+        text = isinstance(self.padding, str)
+        return (residual, list(self.stride), [0, 0] if text else list(self.padding), self.padding if text else None,
+                list(self.dilation), self.groups, self.padding_mode) + where
+
+    def _convolve(self, input, residual=None, epilogue: str = "", output_size=None):
+        """The layer through the operator (``operator=True``: autograd, tracing) or, for complex
+        layers outside it, the operator's kernel called directly; complex layers are three real calls."""
+        traced = ops.traced(input, self.weight, self.bias, residual)
+        operator = getattr(torch.ops, ops.NAMESPACE) if traced or ops.needs_operator(
+            input, self.weight, self.bias, residual) else None
+        call = getattr(operator, self._op_name) if operator is not None else ops.direct(self._op_name)
+        if self._parameters["weight"].is_complex():
+            if operator is None:
+                self._check_input(input)
+            if residual is not None or epilogue:
+                raise RuntimeError(f"{type(self).__name__}: fused epilogues are for real dtypes")
+            tail = self._operator_args(None, "", output_size)
+            return ops.complex_convolution(lambda x, w, b: call(x, w, b, *tail), input, self.weight, self.bias)
+        if not traced and epilogue == "+".join(self.epilogue.steps):
+            self._check_input(input)            # an eager autograd call: ``kernel``, ``last_request`` as direct ones
+            x = input if input.dim() == 4 else input.unsqueeze(0)
+            _, kernel = self._dispatch(x, *self._call_output_padding(input, output_size))
+            self.kernel = kernel or self.kernel
+        return call(input, self.weight, self.bias, *self._operator_args(residual, epilogue, output_size))
+
+    def _call_output_padding(self, input, output_size=None):
+        """(output padding, spec or None) of a call: the layer's, or what ``output_size`` asks for."""
+        if not self.transposed:
+            return None, None
+        if output_size is None:
+            return tuple(self.output_padding), None
+        spec = self._spec()
+        # torch sizes ``output_size`` with the kernel_size attribute, and convolves with the weight
+        return tuple(dataclasses.replace(spec, kernel_size=tuple(self.kernel_size)).output_padding_for(
+            tuple(input.shape), output_size)), spec
+
+    def _plain(self, input) -> bool:
+        """Whether a real call can run the kernel directly (see ``ops.needs_operator``)."""
+        return not ops.needs_operator(input, self.weight, self.bias) and not self._parameters["weight"].is_complex()
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"compiler.{type(self).__name__} cannot be compiled by torch.jit.script (its forward "
+                           "is Python that chooses kernels); use torch.jit.trace, torch.export or torch.compile, "
+                           "which record it as the operator torch.ops.tvm_conv." + self._op_name)
 
     def __getstate__(self):
         """Pickling and deepcopy leave the compiled kernels, packed weights and memo behind: they
         belong to this process (the copy finds them again in the process's kernel cache)."""
         state = dict(self.__dict__)
-        state.update(kernel=None, _packed_weight=None, _dispatch_memo={}, last_request=None)
+        state.update(kernel=None, _dispatch_memo={}, last_request=None)
         return state
 
 
@@ -267,6 +277,8 @@ class Conv2d(_ConvBase):
         super().__init__(spec, device=device, dtype=dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self._plain(input):
+            return self._convolve(input)
         self._check_input(input)
         return self._run(input)
 
@@ -286,11 +298,8 @@ class ConvTranspose2d(_ConvBase):
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
         if self.padding_mode != "zeros":
             raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
+        if not self._plain(input):
+            return self._convolve(input, output_size=output_size if output_size is None or
+                                  isinstance(output_size, torch.fx.Proxy) else list(output_size))
         self._check_input(input)
-        if output_size is None:
-            return self._run(input, tuple(self.output_padding))
-        spec = self._spec()
-        # torch sizes ``output_size`` with the kernel_size attribute, and convolves with the weight
-        output_padding = dataclasses.replace(spec, kernel_size=tuple(self.kernel_size)).output_padding_for(
-            tuple(input.shape), output_size)
-        return self._run(input, tuple(output_padding), spec)
+        return self._run(input, *self._call_output_padding(input, output_size))

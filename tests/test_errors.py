@@ -114,18 +114,18 @@ def test_integer_dtype_rejected_at_construction():
         compiler.Conv2d(4, 4, 3, dtype=torch.int32)
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.float8_e4m3fn], ids=str)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float8_e4m3fn], ids=str)
 def test_module_moved_to_an_unsupported_dtype(dtype):
-    """``module.to(dtype)`` succeeds (torch's Module.to), but the call refuses before any kernel is
+    """Parameters swapped to a dtype we do not compute in: the call refuses before any kernel is
     built, naming the dtypes it computes in."""
     m = compiler.Conv2d(4, 4, 3)
-    if dtype.is_complex:
-        m.to(dtype)
-    else:                               # Module.to converts only to floating/complex: swap the parameters
-        m.weight = torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
-        m.bias = torch.nn.Parameter(m.bias.detach().to(dtype), requires_grad=False)
+    # Module.to converts only to floating/complex dtypes (complex ones compute: tests/test_complex.py)
+    m.weight = torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
+    m.bias = torch.nn.Parameter(m.bias.detach().to(dtype), requires_grad=False)
     x = torch.zeros(1, 4, 8, 8, dtype=dtype)
     with pytest.raises(RuntimeError, match=r"computes in torch.float32, torch.float64, torch.float16, "
-                                           r"torch.bfloat16; its parameters are " + str(dtype)):
+                                           r"torch.bfloat16, torch.complex32, torch.complex64, torch.complex128; "
+                                           r"its parameters are "
+                                           + str(dtype)):
         m(x)
     assert m.kernel is None

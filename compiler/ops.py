@@ -1,0 +1,407 @@
+"""Our kernels as torch operators: ``tvm_conv::conv2d``, ``tvm_conv::conv_transpose2d`` and their
+gradients, so autograd, ``torch.compile``, ``torch.export``, ``torch.fx`` and ``torch.jit.trace`` see
+one opaque operator per layer call, with a fake implementation (torch's shape rules from
+``compiler.spec``, no kernel) and a backward formula whose three gradients are operators too
+(``conv_input_grad``, ``conv_weight_grad``, ``conv_bias_grad``: ``compiler.gradients``' kernels).
+
+The operators are declared with ``torch.library.define`` and a Python kernel per device key rather
+than ``torch.library.custom_op``: the latter's Python autograd wrapper cost ~13 us more per call
+(measured: 34 against 22 us of dispatch for an empty body, single-threaded, under no_grad).  The
+modules still call the kernels directly when nothing needs the operator (:func:`needs_operator`):
+a plain inference call through the operator cost ~20 us more than the direct call.
+
+Layer arguments travel as schema types: ``padding`` is the int pair or ``padding_string``
+(``'same'``/``'valid'``); ``epilogue`` the steps joined by ``+`` (``''``: none); ``target`` a target
+name or TVM target string (None: the tensors' device); ``database`` a tuning folder, None for the
+default, ``''`` for hand-written schedules only.  Double backward is refused with a clear error.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import tvm_ffi
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .build import Kernel, generation, get_kernel
+from .request import ADD, Epilogue, KernelRequest
+from .spec import ConvSpec
+
+NAMESPACE = "tvm_conv"
+#: The real dtypes our kernels compute in (torch dtype -> kernel dtype name).
+REAL_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+               torch.bfloat16: "bfloat16"}
+#: Complex dtypes, computed as torch's aten does: three real convolutions of the component dtype.
+COMPLEX_DTYPES = {torch.complex32: torch.float16, torch.complex64: torch.float32,
+                  torch.complex128: torch.float64}
+
+_LAYER = "int[] stride, int[] padding, str? padding_string, int[] dilation, int groups, str padding_mode"
+_WHERE = "str epilogue, str? target, str? database"
+_SCHEMAS = {
+    "conv2d": f"(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, {_LAYER}, {_WHERE}) -> Tensor",
+    "conv_transpose2d": "(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, int[] stride, "
+                        "int[] padding, int[] output_padding, int[]? output_size, int[] kernel_size, int groups, "
+                        "int[] dilation, "
+                        f"{_WHERE}) -> Tensor",
+    # the gradients: ``output_padding`` is the call's resolved one (output_size already applied)
+    "conv_input_grad": f"(Tensor grad_output, Tensor input, Tensor weight, bool transposed, {_LAYER}, "
+                       "int[] output_padding, str? target, str? database) -> Tensor",
+    "conv_weight_grad": f"(Tensor grad_output, Tensor input, Tensor weight, bool transposed, {_LAYER}, "
+                        "int[] output_padding, str? target, str? database) -> Tensor",
+    "conv_bias_grad": "(Tensor grad_output, str? target) -> Tensor",
+}
+_LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
+for _name, _schema in _SCHEMAS.items():
+    _LIBRARY.define(_name + _schema)
+
+
+# ------------------------------------------------------------------------------ when to use them
+def traced(*tensors) -> bool:
+    """Whether something other than eager execution on real tensors is running: torch.compile or
+    export, jit tracing, a dispatch mode (fake tensors...), fx proxies or tensor subclasses."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+        return True
+    return any(type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and
+               (isinstance(t, (torch.Tensor, torch.fx.Proxy))) for t in tensors)
+
+
+def needs_operator(*tensors) -> bool:
+    """Whether a module call must go through the operator: it is traced, or autograd will
+    differentiate it."""
+    if traced(*tensors):
+        return True
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+# ------------------------------------------------------------------------------ the layer
+def layer_spec(transposed: bool, weight_shape: Sequence[int], has_bias: bool, stride, padding,
+               dilation, groups: int, padding_mode: str, output_padding=(0, 0)) -> ConvSpec:
+    """The layer as torch's forward sees it: channels and kernel size from the weight tensor itself
+    (torch's forward never reads ``in_channels``/``kernel_size``), the rest from the attributes."""
+    if len(weight_shape) != 4:
+        raise RuntimeError(f"expected stride to be a single integer value or a list of "
+                           f"{len(weight_shape) - 2} values to match the convolution dimensions, but got "
+                           f"stride={list(stride)}")
+    first, second, kh, kw = weight_shape
+    in_channels, out_channels = (first, second * groups) if transposed else (second * groups, first)
+    return ConvSpec(transposed, in_channels, out_channels, (kh, kw), tuple(stride),
+                    padding if isinstance(padding, str) else tuple(padding), tuple(dilation), groups,
+                    has_bias, padding_mode, tuple(output_padding))
+
+
+def check_bias(spec: ConvSpec, weight_shape, bias_shape) -> None:
+    """torch's error for a bias that is not one value per output channel."""
+    if bias_shape is not None and tuple(bias_shape) != (spec.out_channels,):
+        kind = "transposed=1, " if spec.transposed else ""
+        raise RuntimeError(f"Given {kind}weight of size {list(weight_shape)}, expected bias to be "
+                           f"1-dimensional with {spec.out_channels} elements, but got bias of size "
+                           f"{list(bias_shape)} instead")
+
+
+def check_input(op_name: str, input, weight: torch.Tensor, dtypes=REAL_DTYPES, layer_name: str = "") -> None:
+    """torch's errors for the input tensor (type, rank, dtype, device), before any kernel."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op_name}(): argument 'input' must be Tensor, not {type(input).__name__}")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to {op_name}, but got "
+                           f"input of size: {list(input.shape)}")
+    if weight.dtype not in dtypes:
+        raise RuntimeError(f"{layer_name or op_name} computes in {', '.join(map(str, dtypes))}; its parameters are "
+                           f"{weight.dtype}")
+    if input.dtype != weight.dtype:
+        raise RuntimeError(f"Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
+    if input.device != weight.device:
+        raise RuntimeError(f"Input device ({input.device}) and weight device ({weight.device}) should be the same")
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_target(target: Optional[str], device: torch.device):
+    """The TVM target of a call: the named one, else the device's (host CPU or that GPU's arch)."""
+    from targets import resolve
+    from tvm.target import Target
+    if target is None:
+        from .modules import _device_target
+        return _device_target(device)
+    if target in ("llvm", "cuda") or target.startswith(("cuda/", "sm_")):
+        return resolve(target)
+    return Target(target)
+
+
+def encode_database(database) -> Optional[str]:
+    """The modules' ``tuning_database`` (folder, None, False) as the schema's ``str?``."""
+    return "" if database is False else (None if database is None else str(database))
+
+
+def decode_database(database: Optional[str]):
+    return False if database == "" else database
+
+
+def encode_target(target) -> Optional[str]:
+    return None if target is None else str(target)
+
+
+# ------------------------------------------------------------------------------ running a kernel
+def launch(kernel, *tensors: torch.Tensor) -> None:
+    """Run ``kernel`` on ``tensors`` (CUDA ones on torch's current stream of their device)."""
+    if tensors[-1].is_cuda:
+        with torch.cuda.device(tensors[-1].device), tvm_ffi.use_torch_stream():
+            kernel(*tensors)
+    else:
+        kernel(*tensors)
+
+
+_PACKED = WeakIdKeyDictionary()
+
+
+def packed_weight(kernel: Kernel, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as ``kernel`` takes it, packed once per weight tensor and version (the operator's
+    path: a compiled or exported model passes the same parameter tensor at every call)."""
+    w = weight.detach()
+    if kernel.pack is None:
+        return w.contiguous()
+    key = (weight._version, w.data_ptr(), kernel.packed_weight_shape, w.dtype)
+    hit = _PACKED.get(weight)
+    if hit is None or hit[0] != key:
+        packed = w.new_empty(kernel.packed_weight_shape)
+        launch(kernel.pack, w.contiguous(), packed)
+        hit = _PACKED[weight] = (key, packed)
+    return hit[1]
+
+
+def drop_packed_weight(weight: torch.Tensor) -> None:
+    """Forget ``weight``'s packed copy (after writes through ``weight.data``, which keep its version)."""
+    _PACKED.pop(weight, None)
+
+
+_PLANS: Dict[tuple, tuple] = {}
+_PLANS_SIZE = 1024
+
+
+def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, output_padding, epilogue: Epilogue,
+         target, database, weight_shape, bias_shape) -> Tuple[tuple, Optional[Kernel], KernelRequest]:
+    """(output shape, kernel or None when there is nothing to compute, request) for a batched call:
+    the bias check, torch's shape rules and the kernel lookup (raising torch's errors)."""
+    check_bias(spec, weight_shape, bias_shape)
+    request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue)
+    out_shape = request.output_shape                          # raises torch's errors
+    kernel = None                  # nothing to compute: no kernel for empty outputs or meta tensors
+    if x_shape[0] != 0 and 0 not in out_shape and device.type != "meta":
+        kernel = get_kernel(request, target, prepacked=True, database=database)
+    return out_shape, kernel, request
+
+
+def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilation, groups, padding_mode,
+               output_padding, x, epilogue: str, target: Optional[str], database: Optional[str]):
+    """:func:`plan` memoised on everything it depends on (as the modules' dispatch memo)."""
+    key = (transposed, tuple(weight.shape), None if bias is None else tuple(bias.shape), tuple(stride),
+           tuple(padding), padding_string, tuple(dilation), groups, padding_mode, tuple(output_padding),
+           tuple(x.shape), x.dtype, x.device, epilogue, target, database, generation())
+    hit = _PLANS.get(key)
+    if hit is None:
+        spec = layer_spec(transposed, weight.shape, bias is not None, stride,
+                          padding_string or padding, dilation, groups, padding_mode, output_padding)
+        steps = Epilogue(tuple(epilogue.split("+")) if epilogue else ())
+        where = resolve_target(target, x.device)
+        hit = plan(spec, tuple(x.shape), x.dtype, x.device, tuple(output_padding) if transposed else None,
+                   steps, where, decode_database(database), weight.shape, None if bias is None else bias.shape)
+        if len(_PLANS) >= _PLANS_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = hit
+    return hit
+
+
+def _batched(t: Optional[torch.Tensor], batched: bool):
+    return t if t is None or batched else t.unsqueeze(0)
+
+
+def _forward(op_name, transposed, input, weight, bias, residual, stride, padding, padding_string, dilation,
+             groups, padding_mode, output_padding, epilogue, target, database, compute: bool):
+    """Checks, output shape and (``compute``) the kernel: the operators' real and fake kernels."""
+    check_input(op_name, input, weight)
+    batched = input.dim() == 4
+    x = _batched(input, batched)
+    out_shape, kernel, _ = _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilation,
+                                      groups, padding_mode, output_padding, x, epilogue, target, database)
+    steps = tuple(epilogue.split("+")) if epilogue else ()
+    if (ADD in steps) != (residual is not None):
+        raise TypeError(f"{NAMESPACE}::{op_name} with epilogue {epilogue!r} "
+                        f"{'takes' if ADD in steps else 'takes no'} residual input")
+    if residual is not None and (tuple(_batched(residual, batched).shape) != tuple(out_shape)
+                                 or residual.dtype != input.dtype or residual.device != input.device):
+        # a residual the kernel cannot read in the output's place (it broadcasts, or torch's add would
+        # promote its dtype): the same epilogue in torch's ops after the plain kernel (as compiler.fusion)
+        from .fusion import apply_epilogue
+        y = _forward(op_name, transposed, input, weight, bias, None, stride, padding, padding_string, dilation,
+                     groups, padding_mode, output_padding, "", target, database, compute)
+        return apply_epilogue(y, steps, residual)
+    y = x.new_empty(out_shape)
+    if compute and kernel is not None:
+        args = [x.detach().contiguous(), packed_weight(kernel, weight)]
+        if bias is not None:
+            args.append(bias.detach().contiguous())
+        if residual is not None:
+            args.append(_batched(residual, batched).detach().contiguous())
+        launch(kernel, *args, y)
+    return y if batched else y.squeeze(0)
+
+
+def transposed_output_padding(input_shape, kernel_size, stride, padding, output_padding, output_size,
+                              dilation) -> List[int]:
+    """The call's output padding: the layer's, or the one ``output_size`` asks for (torch's rule,
+    which sizes it with the ``kernel_size`` attribute, not the weight)."""
+    if output_size is None:
+        return list(output_padding)
+    spec = ConvSpec(True, 1, 1, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), 1, False,
+                    "zeros", tuple(output_padding))
+    return list(spec.output_padding_for(tuple(input_shape), list(output_size)))
+
+
+def _conv2d(compute):
+    def kernel(input, weight, bias, residual, stride, padding, padding_string, dilation, groups, padding_mode,
+               epilogue, target, database):
+        return _forward("conv2d", False, input, weight, bias, residual, stride, padding, padding_string,
+                        dilation, groups, padding_mode, (0, 0), epilogue, target, database, compute)
+    return kernel
+
+
+def _conv_transpose2d(compute):
+    def kernel(input, weight, bias, residual, stride, padding, output_padding, output_size, kernel_size, groups,
+               dilation, epilogue, target, database):
+        check_input("conv_transpose2d", input, weight)
+        output_padding = transposed_output_padding(input.shape, kernel_size, stride, padding, output_padding,
+                                                   output_size, dilation)
+        return _forward("conv_transpose2d", True, input, weight, bias, residual, stride, padding, None,
+                        dilation, groups, "zeros", output_padding, epilogue, target, database, compute)
+    return kernel
+
+
+# ------------------------------------------------------------------------------ gradients
+def _grad_spec(transposed, weight_shape, stride, padding, padding_string, dilation, groups, padding_mode,
+               output_padding) -> ConvSpec:
+    return layer_spec(transposed, weight_shape, False, stride, padding_string or padding, dilation, groups,
+                      padding_mode, output_padding)
+
+
+def _input_grad(grad_output, input, weight, transposed, stride, padding, padding_string, dilation, groups,
+                padding_mode, output_padding, target, database):
+    from . import gradients
+    batched = input.dim() == 4
+    spec = _grad_spec(transposed, weight.shape, stride, padding, padding_string, dilation, groups,
+                      padding_mode, output_padding)
+    grad = gradients.conv_input_grad(spec, tuple(_batched(input, batched).shape), weight.detach(),
+                                     _batched(grad_output, batched), tuple(output_padding) if transposed else None,
+                                     target=resolve_target(target, input.device),
+                                     tuning_database=decode_database(database))
+    return grad if batched else grad.squeeze(0)
+
+
+def _weight_grad(grad_output, input, weight, transposed, stride, padding, padding_string, dilation, groups,
+                 padding_mode, output_padding, target, database):
+    from . import gradients
+    batched = input.dim() == 4
+    spec = _grad_spec(transposed, weight.shape, stride, padding, padding_string, dilation, groups,
+                      padding_mode, output_padding)
+    return gradients.conv_weight_grad(spec, _batched(input, batched), _batched(grad_output, batched),
+                                      tuple(output_padding) if transposed else None,
+                                      target=resolve_target(target, input.device),
+                                      tuning_database=decode_database(database))
+
+
+def _bias_grad(grad_output, target):
+    from . import gradients
+    g = _batched(grad_output, grad_output.dim() == 4)
+    return gradients.conv_bias_grad(g, target=resolve_target(target, grad_output.device))
+
+
+_FAKES = {
+    "conv2d": _conv2d(False), "conv_transpose2d": _conv_transpose2d(False),
+    "conv_input_grad": lambda grad_output, input, *rest: input.new_empty(input.shape),
+    "conv_weight_grad": lambda grad_output, input, weight, *rest: weight.new_empty(weight.shape),
+    "conv_bias_grad": lambda grad_output, target: grad_output.new_empty(grad_output.shape[-3]),
+}
+_KERNELS = {"conv2d": _conv2d(True), "conv_transpose2d": _conv_transpose2d(True),
+            "conv_input_grad": _input_grad, "conv_weight_grad": _weight_grad, "conv_bias_grad": _bias_grad}
+
+
+def direct(name: str):
+    """The operator's real kernel as a plain Python function (no dispatcher: complex inference)."""
+    return _KERNELS[name]
+
+
+for _name in _SCHEMAS:
+    for _key in ("CPU", "CUDA"):
+        _LIBRARY.impl(_name, _KERNELS[_name], _key)
+    torch.library.register_fake(f"{NAMESPACE}::{_name}", _FAKES[_name], lib=_LIBRARY)
+
+
+# ------------------------------------------------------------------------------ autograd
+def _setup(transposed: bool):
+    def setup_context(ctx, inputs, output):
+        if transposed:
+            (input, weight, bias, residual, stride, padding, output_padding, output_size, kernel_size, groups,
+             dilation, epilogue, target, database) = inputs
+            padding_string, padding_mode = None, "zeros"
+            output_padding = transposed_output_padding(input.shape, kernel_size, stride, padding, output_padding,
+                                                       output_size, dilation)
+        else:
+            (input, weight, bias, residual, stride, padding, padding_string, dilation, groups, padding_mode,
+             epilogue, target, database) = inputs
+            output_padding = [0, 0]
+        ctx.save_for_backward(input, weight)
+        ctx.layer = (transposed, list(stride), list(padding), padding_string, list(dilation), groups,
+                     padding_mode, list(output_padding), target, database)
+        ctx.has_bias, ctx.has_residual, ctx.epilogue = bias is not None, residual is not None, epilogue
+        ctx.arguments = len(inputs)
+    return setup_context
+
+
+def _backward(ctx, grad_output):
+    if ctx.epilogue not in ("", ADD):
+        raise RuntimeError(f"{NAMESPACE}: no backward through the fused epilogue {ctx.epilogue!r} (the modules "
+                           "run their epilogue in torch's ops when autograd is on)")
+    input, weight = ctx.saved_tensors
+    target, database = ctx.layer[-2:]
+    grads: List[Optional[torch.Tensor]] = [None] * ctx.arguments
+    ops = getattr(torch.ops, NAMESPACE)
+    if ctx.needs_input_grad[0]:
+        grads[0] = ops.conv_input_grad(grad_output, input, weight, *ctx.layer)
+    if ctx.needs_input_grad[1]:
+        grads[1] = ops.conv_weight_grad(grad_output, input, weight, *ctx.layer)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grads[2] = ops.conv_bias_grad(grad_output, target)
+    if ctx.has_residual and ctx.needs_input_grad[3]:
+        grads[3] = grad_output
+    return tuple(grads)
+
+
+def _no_double_backward(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{NAMESPACE}::{name}: double backward (differentiating a gradient of our "
+                           "convolutions, e.g. create_graph=True then backward again) is not supported")
+    return backward
+
+
+torch.library.register_autograd(f"{NAMESPACE}::conv2d", _backward, setup_context=_setup(False), lib=_LIBRARY)
+torch.library.register_autograd(f"{NAMESPACE}::conv_transpose2d", _backward, setup_context=_setup(True),
+                                lib=_LIBRARY)
+for _name in ("conv_input_grad", "conv_weight_grad", "conv_bias_grad"):
+    torch.library.register_autograd(f"{NAMESPACE}::{_name}", _no_double_backward(_name),
+                                    setup_context=lambda ctx, inputs, output: None, lib=_LIBRARY)
+
+
+# ------------------------------------------------------------------------------ complex
+def complex_convolution(real_conv, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """A complex convolution from three real ones, as torch's aten ``complex_convolution`` (Gauss's
+    trick, the same formula, so the same roundings): ``a = conv(xr, wr, br)``, ``b = conv(xi, wi)``,
+    ``c = conv(xr + xi, wr + wi, br + bi)``, result ``a - b + i (c - a - b)``.  ``real_conv(x, w, b)``
+    is one of our real convolutions; autograd differentiates this composition as it does torch's."""
+    xr, xi = torch.view_as_real(input.resolve_conj()).unbind(-1)
+    wr, wi = torch.view_as_real(weight.resolve_conj()).unbind(-1)
+    if bias is None:
+        a, b, c = real_conv(xr, wr, None), real_conv(xi, wi, None), real_conv(xr + xi, wr + wi, None)
+    else:
+        br, bi = torch.view_as_real(bias.resolve_conj()).unbind(-1)
+        a, b, c = real_conv(xr, wr, br), real_conv(xi, wi, None), real_conv(xr + xi, wr + wi, br + bi)
+    return a - b + 1j * (c - a - b)
