@@ -184,6 +184,45 @@ def test_ptxas_sm90_no_spills_and_fragments_in_registers(layer, dtype, tmp_path)
         assert registers <= 255
 
 
+def cuobjdump() -> str:
+    """``cuobjdump`` from the CUDA toolkit, else from the pip package ``nvidia-cuda-cuobjdump`` (the
+    test extra; it disassembles with ``nvidia-cuda-nvdisasm``'s nvdisasm beside it), else ''."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia.cu13
+    except ImportError:
+        return ""
+    tool = pathlib.Path(list(nvidia.cu13.__path__)[0]) / "bin" / "cuobjdump"
+    return str(tool) if tool.exists() else ""
+
+
+#: SASS of the half types' tensor-core multiply-add on sm_80 and sm_90 (``HMMA.16816.F32`` for
+#: float16, ``HMMA.16816.F32.BF16`` for bfloat16): what the mma.sync of the PTX must become.
+SASS_HMMA = {"float16": re.compile(r"HMMA\.16816\.F32(?!\.BF16)"), "bfloat16": re.compile(r"HMMA\.16816\.F32\.BF16")}
+
+
+@needs_nvcc
+@pytest.mark.skipif(not cuobjdump(), reason="needs cuobjdump (pip: nvidia-cuda-cuobjdump, the test extra)")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ("dense3x3", "transposed"))
+def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
+    """The machine code, not only the PTX: ptxas turned the mma.sync into HMMA of the layer's half
+    type and the ldmatrix into LDSM, and the inner loop's operands come from shared memory."""
+    _, target, sch = _scheduled(layer, dtype, arch)
+    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    ptxas_report(source, arch, tmp_path)                       # writes kernel.cubin
+    sass = subprocess.run([cuobjdump(), "-sass", "kernel.cubin"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout
+    assert f"code for {arch}" in sass
+    assert SASS_HMMA[dtype].search(sass), sass[:2000]
+    assert "LDSM.16.MT88.4" in sass and "LDSM.16.M88.4" in sass      # ldmatrix .trans (A) and plain (B)
+    other = SASS_HMMA["bfloat16" if dtype == "float16" else "float16"]
+    assert not other.search(sass)
+
+
 def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
     """ResNet-50's 3x3 layer of stage 3 at batch 8: 2x2 warps of 3x3 fragments (72 float32
     accumulators a thread, under ACCUMULATOR_SHARE of 255 registers), within 48 KiB of shared memory."""
