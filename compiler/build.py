@@ -140,10 +140,20 @@ _CACHE: Dict[tuple, Kernel] = {}
 _LOCK = threading.Lock()
 
 
+def _cache_key(request: KernelRequest, target: Target, prepacked: bool, database) -> tuple:
+    db = False if database is False else str(records.database_dir(target, database))
+    return (request, str(target), prepacked, db)
+
+
+def cached(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> bool:
+    """Whether :func:`get_kernel` has this kernel already (in this process)."""
+    with _LOCK:
+        return _cache_key(request, target, prepacked, database) in _CACHE
+
+
 def get_kernel(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> Kernel:
     """The cached kernel for (request, target, database), compiled on first use."""
-    db = False if database is False else str(records.database_dir(target, database))
-    key = (request, str(target), prepacked, db)
+    key = _cache_key(request, target, prepacked, database)
     with _LOCK:
         kernel = _CACHE.get(key)
         if kernel is None:

@@ -83,6 +83,8 @@ def convert(model: nn.Module, example_inputs=None, *, target=None, fuse: bool = 
             module.target, module.tuning_database = target, tuning_database
     if example_inputs is not None:
         inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        from . import precompile
+        precompile.compile_all(precompile.model_jobs(model, inputs))       # on two cores
         with torch.no_grad():
             model(*inputs)
     return model

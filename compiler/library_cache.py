@@ -84,6 +84,12 @@ def publish(path: Path, write) -> None:
             tmp.unlink()
 
 
+def exports() -> bool:
+    """Whether kernels are exported to cached libraries (a C++ compiler is found, none failed)."""
+    from tvm.support import cc
+    return not _STATE.get("export_failed") and cc.get_cc() is not None
+
+
 def load(mod: tvm.IRModule, target) -> Tuple[object, Optional[Path]]:
     """``(executable, library path)`` of ``mod`` compiled for ``target``.
 
