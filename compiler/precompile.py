@@ -21,7 +21,7 @@ import pickle
 import select
 import subprocess
 import sys
-from typing import Iterable, List, NamedTuple, Optional
+from typing import Iterable, List, NamedTuple
 
 from tvm.target import Target
 
