@@ -95,7 +95,8 @@ class _Helper:
                                         stdout=subprocess.PIPE, env=env)
         self.process.stdin.write(pickle.dumps([(job.request, str(job.target), job.database) for job in todo]))
         self.process.stdin.close()
-        self.claimed = len(todo)           # the lowest job index it has claimed
+        self.jobs = len(todo)
+        self.claimed = len(todo)           # the lowest job index it has claimed (none yet: len(todo))
         self.done = set()
         self.exited = False
         self.pending = b""
@@ -125,8 +126,9 @@ class _Helper:
 
     def finish(self, front: int) -> None:
         """Wait until the helper's claimed jobs at or after ``front`` are done (jobs before it are
-        this process's; the helper's work on one of those is not waited for)."""
-        while not self.exited and self.claimed >= front and self.claimed not in self.done:
+        this process's; the helper's work on one of those, or a helper still starting when this
+        process has done every job (cache hits), is not waited for)."""
+        while not self.exited and front <= self.claimed < self.jobs and self.claimed not in self.done:
             self._read(block=True)
 
     def close(self) -> None:
