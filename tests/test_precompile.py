@@ -88,3 +88,19 @@ def test_convert_compiles_every_kernel_before_the_first_call(fresh_cache):
     assert len(set(jobs)) == 10 and all(build.cached(j.request, j.target, True, j.database) for j in jobs)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_warm_disk_cache_does_not_wait_for_the_helper(fresh_cache, monkeypatch):
+    """In a new process (process cache empty) whose disk cache has every library, this process loads
+    them all before the helper has even started: it must not wait for the helper."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    jobs = _jobs(precompile.MIN_JOBS)
+    precompile.compile_all(jobs)
+    build.clear_cache()
+    waits = []
+    real_read = precompile._Helper._read
+    monkeypatch.setattr(precompile._Helper, "_read", lambda self, block: waits.append(block) or real_read(self, block))
+    compiled = _count_compiles(monkeypatch)
+    precompile.compile_all(jobs)
+    assert compiled == [] and True not in waits
