@@ -101,6 +101,15 @@ def test_depthwise_tile_divides_the_output(height, width, stride, expected):
     assert (cfg.rows, cfg.columns) == expected
 
 
+@pytest.mark.parametrize("height,width,expected", [
+    (14, 14, (2, 14)), (7, 14, (1, 14)), (12, 12, (2, 12)),      # a row of 1.5-2 registers, 2 rows
+    (28, 28, (7, 7)), (7, 7, (7, 7)), (11, 11, (1, 8)), (56, 56, (8, 8)),
+])
+def test_depthwise_rows_of_two_registers(height, width, expected):
+    cfg = depthwise_config(height, width, 1, 8)                       # AVX2: 8 float32 lanes
+    assert (cfg.rows, cfg.columns) == expected
+
+
 @pytest.mark.parametrize("layer,shape", [
     (compiler.Conv2d(16, 16, 3, padding=1, groups=16), (2, 16, 20, 18)),
     (compiler.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), (2, 16, 20, 18)),
