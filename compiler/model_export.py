@@ -10,7 +10,11 @@ The export folder holds:
 * ``model.pt``: the converted model (BatchNorm folded, epilogues fused) whose conv layers are
   ``tvmconv_runtime.LibraryConv`` modules (parameters kept, kernels bound at load);
 * ``tvmconv_runtime.py``: the loader (``compiler/runtime_loader.py``), which needs torch and TVM's
-  runtime only.
+  runtime only;
+* for the host CPU, ``tvmconv_omp_launch.so`` and ``tvmconv_omp.py``: the compiled ``omp_launch.c`` and
+  ``compiler/omp_hooks.py``, with which the loader runs the kernels' parallel loops on torch's OpenMP
+  threads (``compiler/threads.py``: one thread pool in the process).  Cross-compiled CPU exports
+  (an ``mtriple``) and CUDA ones leave them out (a launcher built here would not run there).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from .modules import _ConvBase
 from .request import KernelRequest
 
 LIBRARY, MANIFEST, MODEL, LOADER = "model.so", "manifest.json", "model.pt", "tvmconv_runtime.py"
+LAUNCHER, LAUNCHER_GLUE = "tvmconv_omp_launch.so", "tvmconv_omp.py"
 
 
 def _loader_module():
@@ -84,8 +89,9 @@ def export_model(model: torch.nn.Module, example_inputs, out_dir, target: Target
             served.append({"input_shape": list(request.input_shape), "entry": entries[request]})
     _write_model(converted, calls, entries, out)
     shutil.copyfile(Path(__file__).with_name("runtime_loader.py"), out / LOADER)
+    launcher = _copy_launcher(target, out)
     manifest = {
-        "library": LIBRARY, "model": MODEL, "loader": LOADER,
+        "library": LIBRARY, "model": MODEL, "loader": LOADER, "launcher": launcher,
         "target": target_json(target), "target_key": target_key(target),
         "entries": [{"entry": entry, "request": _request_json(request), "args": kernel_args(request),
                      "schedule": describe_schedule(chosen[request], request)} for request, entry in entries.items()],
@@ -96,6 +102,21 @@ def export_model(model: torch.nn.Module, example_inputs, out_dir, target: Target
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _copy_launcher(target, out: Path):
+    """The OpenMP launcher and its glue into ``out`` for a host-CPU export: the launcher's file name,
+    or None (another target, or no C++ compiler to build it with)."""
+    if target.kind.name != "llvm" or target.attrs.get("mtriple"):
+        return None
+    from . import threads
+    try:
+        built = threads.launcher_library()
+    except Exception:  # noqa: BLE001 - no compiler: the export keeps TVM's pool (the loader says so)
+        return None
+    shutil.copyfile(built, out / LAUNCHER)
+    shutil.copyfile(Path(__file__).with_name("omp_hooks.py"), out / LAUNCHER_GLUE)
+    return LAUNCHER
 
 
 def _write_model(converted: torch.nn.Module, calls, entries: Dict[KernelRequest, str], out: Path) -> None:

@@ -4,11 +4,17 @@ compiler library): ``import tvmconv_runtime; model = tvmconv_runtime.load(out_di
 This file is standalone on purpose: ``export_model`` copies it into the export folder as
 ``tvmconv_runtime.py``, and the pickled model's conv layers are :class:`LibraryConv` modules of it.
 It imports torch and ``tvm.runtime`` only (``TVM_USE_RUNTIME_LIB=1`` loads just libtvm_runtime).
+
+A CPU export's parallel loops run on torch's OpenMP threads, as the compiler's own modules do
+(``compiler/threads.py``): the export ships the compiled launcher (``tvmconv_omp_launch.so``) and its ctypes
+glue (``tvmconv_omp.py``, a copy of ``compiler/omp_hooks.py``); ``TVM_CONV_THREADS=tvm`` keeps TVM's
+pool, and where the launcher cannot start (torch without OpenMP) the loader warns and keeps it too.
 """
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -66,6 +72,42 @@ class LibraryConv(nn.Module):
         return f"{self.path!r}, entries={len(self.entries)}, residual={self.residual}"
 
 
+def _omp_hooks():
+    """``compiler/omp_hooks.py``: beside this file as ``tvmconv_omp.py`` in an export folder, as
+    ``omp_hooks.py`` in the compiler package (loaded by path: this file may run as a lone module)."""
+    if "tvmconv_omp" not in sys.modules:
+        import importlib.util
+        here = Path(__file__).parent
+        path = here / "tvmconv_omp.py" if (here / "tvmconv_omp.py").exists() else here / "omp_hooks.py"
+        spec = importlib.util.spec_from_file_location("tvmconv_omp", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["tvmconv_omp"] = module
+    return sys.modules["tvmconv_omp"]
+
+
+_LAUNCHERS: Dict[str, object] = {}
+
+
+def _use_torch_threads(library_path: Path, launcher_path: Path) -> bool:
+    """Point the loaded library's parallel loops at torch's OpenMP threads (see the module docstring);
+    True when they now run there."""
+    hooks = _omp_hooks()
+    if hooks.mode() == "tvm":
+        return False
+    try:
+        launcher = _LAUNCHERS.get(str(launcher_path))
+        if launcher is None:
+            launcher = _LAUNCHERS[str(launcher_path)] = hooks.init_launcher(launcher_path)
+        hooks.set_hooks(library_path, launcher.launch, launcher.barrier)
+        return True
+    except Exception as err:  # noqa: BLE001 - any failure: TVM's pool, which still computes correctly
+        warnings.warn(f"{library_path}: kernels use TVM's thread pool, not torch's OpenMP threads "
+                      f"({type(err).__name__}: {err}); alternating them with torch ops may be slow",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
+
 def load(out_dir, map_location=None) -> nn.Module:
     """The exported model, its conv layers bound to the library's kernels (eval mode)."""
     import tvm.runtime
@@ -73,6 +115,8 @@ def load(out_dir, map_location=None) -> nn.Module:
     out = Path(out_dir)
     manifest = json.loads((out / MANIFEST).read_text())
     library = tvm.runtime.load_module(str(out / manifest["library"]))
+    if manifest.get("launcher"):
+        _use_torch_threads(out / manifest["library"], out / manifest["launcher"])
     sys.modules.setdefault("tvmconv_runtime", sys.modules[__name__])   # what the pickle names
     model = torch.load(out / MODEL, weights_only=False, map_location=map_location)
     for module in model.modules():

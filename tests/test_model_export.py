@@ -46,7 +46,9 @@ def test_export_runs_in_a_runtime_only_process(tmp_path):
     model, x = _model(), torch.randn(2, 3, 12, 12)
     out = tmp_path / "export"
     manifest = export_model(model, x, out)
-    assert {p.name for p in out.iterdir()} == {"model.so", "manifest.json", "model.pt", "tvmconv_runtime.py"}
+    assert {p.name for p in out.iterdir()} == {"model.so", "manifest.json", "model.pt", "tvmconv_runtime.py",
+                                               "tvmconv_omp_launch.so", "tvmconv_omp.py"}
+    assert manifest["launcher"] == "tvmconv_omp_launch.so"
     assert json.loads((out / "manifest.json").read_text()) == manifest
     # four kernels: stem+bn+relu, body (which `twice`'s two calls share: the same workload),
     # tail+add+relu, up; `unused` gets none
@@ -64,8 +66,13 @@ sys.path.insert(0, {str(out)!r})
 import torch, tvmconv_runtime
 model = tvmconv_runtime.load({str(out)!r})
 x, expected = torch.load({str(tmp_path / 'io.pt')!r})
+import tvmconv_omp                      # the kernels' parallel loops run on torch's OpenMP threads
+launcher = tvmconv_runtime._LAUNCHERS[{str(out / 'tvmconv_omp_launch.so')!r}]
+assert tvmconv_omp.hook({str(out / 'model.so')!r}) == launcher.launch
+launches = launcher.launches()
 with torch.no_grad():
     y = model(x)
+assert launcher.launches() > launches
 err = (y - expected).abs().max().item() / expected.abs().max().item()
 assert err < 1e-5, err
 assert not [m for m in sys.modules if m == 'compiler' or m.startswith('compiler.')], 'the compiler was imported'
@@ -95,3 +102,26 @@ def test_cuda_export_carries_the_arch(tmp_path):
     assert manifest["device_code"]["arch"] == "sm_90" and manifest["target_key"] == "cuda-sm_90"
     fatbins = cuda_binary.embedded_fatbins(str(tmp_path / "model.so"))
     assert fatbins and all(b"sm_90" in f for f in fatbins)
+
+
+def test_exported_kernels_use_torchs_threads_or_warn_and_keep_tvms_pool(tmp_path, monkeypatch):
+    """In process (compiler.load_model, the same loader): the library's parallel loops on torch's
+    OpenMP threads; when the launcher cannot start, one warning, TVM's pool, the same numbers."""
+    from compiler import model_export, omp_hooks
+    model, x = _model(), torch.randn(1, 3, 10, 10)
+    export_model(model, x, tmp_path)
+    loader = model_export._loader_module()
+    loaded = load_model(tmp_path)
+    hooks = loader._omp_hooks()
+    launcher = loader._LAUNCHERS[str(tmp_path / "tvmconv_omp_launch.so")]
+    assert hooks.hook(tmp_path / "model.so") == launcher.launch
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(loader, "_LAUNCHERS", {})
+    monkeypatch.setattr(hooks, "torch_openmp", lambda: (_ for _ in ()).throw(RuntimeError("no omp")))
+    with pytest.warns(RuntimeWarning, match="TVM's thread pool"):
+        loaded = load_model(tmp_path)
+    assert hooks.hook(tmp_path / "model.so") == omp_hooks.tvm_pool()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)

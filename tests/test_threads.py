@@ -128,7 +128,7 @@ def test_launcher_unavailable_warns_once_and_keeps_tvm_pool(openmp_pool, monkeyp
     x = torch.randn(1, 16, 32, 32)
     m(x)
     monkeypatch.setattr(threads, "_STATE", {})
-    monkeypatch.setattr(threads, "_torch_openmp", lambda: (_ for _ in ()).throw(RuntimeError("no omp")))
+    monkeypatch.setattr(threads.omp_hooks, "torch_openmp", lambda: (_ for _ in ()).throw(RuntimeError("no omp")))
     with pytest.warns(RuntimeWarning, match="TVM's thread pool"):
         assert threads.launcher() is None
     assert threads.attach(m.kernel.library) is False      # no second warning: pytest would fail on it
