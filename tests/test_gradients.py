@@ -349,3 +349,16 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an N
 def test_gradients_on_the_gpu(case, dtype):
     spec, shape = CONV_TRANSPOSE2D[case[2:]] if case.startswith("t:") else CONV2D[case[2:]]
     check_gradients(spec, shape, dtype, device="cuda")
+
+
+@pytest.mark.parametrize("operator", [WEIGHT_GRAD, PAD_GRAD])
+def test_export_and_tuning_refuse_gradient_requests(operator, tmp_path):
+    """They write and measure the forward kernel's arguments; a gradient request is refused up front."""
+    import compiler
+    spec, shape = CONV2D["reflect"]
+    request = KernelRequest(spec, shape, "float32", operator=operator)
+    with pytest.raises(ValueError, match="only forward kernel requests"):
+        compiler.export_library(request, None, tmp_path / "out")
+    with pytest.raises(ValueError, match="only forward kernel requests"):
+        compiler.tune(request, work_dir=tmp_path / "db", trials=1)
+    assert not any(tmp_path.iterdir())
