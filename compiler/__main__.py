@@ -406,6 +406,11 @@ def _run(job: Prepared, args) -> None:
     if job.command == "bench" and job.models:
         from .bench_models import run_models
         run_models(job.models, threads=args.threads, csv_path=args.csv, json_path=args.json)
+    elif job.command == "bench" and args.backward:
+        from . import bench_backward
+        from .bench import Setting
+        bench_backward.run(job.layers, threads=args.threads, device=args.device,
+                           setting=Setting(args.dtype, args.batch, args.channels_last, args.tf32))
     elif job.command == "bench":
         from . import bench as bench_mod
         bench_mod.run(job.layers, threads=args.threads, csv_path=args.csv, json_path=args.json,
@@ -494,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "compute exact float32); default off")
     bench.add_argument("--csv", help="also write the table as CSV")
     bench.add_argument("--json", help="also write the table as JSON")
+    bench.add_argument("--backward", action="store_true",
+                       help="time a training step per layer (forward + input, weight, bias gradients) instead")
 
     tune = sub.add_parser("tune", parents=[common],
                           help="tune layers with MetaSchedule into a tuning database")

@@ -97,24 +97,3 @@ def test_fake_tensors_give_shapes_without_kernels():
     assert tuple(y.shape) == (5, 2, 16, 16) and m.kernel is None
     with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(RuntimeError, match="expected input"):
         compiler.Conv2d(3, 4, 3)(torch.empty(1, 5, 8, 8))
-
-
-def test_compiled_model_is_not_slower_than_eager():
-    """Inference: the compiled graph calls the operators (dispatcher), eager calls kernels directly;
-    on a realistic layer size the difference is within timing noise (best of interleaved rounds)."""
-    import time
-    torch.manual_seed(2)
-    net = nn.Sequential(compiler.Conv2d(16, 32, 3, padding=1), nn.ReLU(), compiler.Conv2d(32, 32, 3, padding=1)).eval()
-    x = torch.randn(1, 16, 28, 28)
-    torch._dynamo.reset()
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    best = {"eager": float("inf"), "compiled": float("inf")}
-    with torch.no_grad():
-        compiled(x), net(x)
-        for _ in range(15):
-            for name, fn in (("eager", net), ("compiled", compiled)):
-                start = time.perf_counter()
-                for _ in range(20):
-                    fn(x)
-                best[name] = min(best[name], time.perf_counter() - start)
-    assert best["compiled"] <= best["eager"] * 1.25, best
