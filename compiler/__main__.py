@@ -2,8 +2,11 @@
 
 ``python -m compiler bench [--csv F] [--json F] [--layer L --input-shape N,C,H,W | --layers-file F]``
 ``python -m compiler tune (--layer L --input-shape N,C,H,W | --layers-file F | --suite) [--target T]
-                          [--trials N] [--work-dir DIR] [--rpc-tracker HOST:PORT --rpc-key KEY]``
+                          [--trials N] [--work-dir DIR] [--rpc-tracker HOST:PORT --rpc-key KEY]
+                          [--strategy S] [--cost-model M] [--population P] [--seed S]``
 ``python -m compiler build --layer L --input-shape N,C,H,W [--target T] --out DIR``
+``python -m compiler space --layer L --input-shape N,C,H,W [--target T] [--space ours|generic|both]``
+``python -m compiler report DB [--target T]``
 
 Every argument is checked before anything is compiled, tuned or timed (:func:`prepare`): the layer
 text (:func:`compiler.layers.parse_layer`), the input shape (4 values N,C,H,W, or 3 values C,H,W for
@@ -26,6 +29,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+
+from .search import COST_MODELS, STRATEGIES
+from .space import SPACES
 
 DEBUG_ENV = "TVM_CONV_DEBUG"
 USAGE_STATUS = 2            # argparse's convention for bad command lines
@@ -290,6 +296,19 @@ def _check_models(args, flag: str, names: List[str]) -> List[str]:
     return list(names) or list(MODELS)
 
 
+def _report_target(args):
+    """``report``: the database folder must exist; its target is --target's, or its name's."""
+    if not Path(args.database).is_dir():
+        raise UsageError(f"report {args.database}: no such folder (a database folder, e.g. tuning_logs/llvm-znver4)")
+    if args.target is not None:
+        return check_target(args.target)
+    from .report import target_of
+    try:
+        return target_of(args.database)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
 def prepare(args) -> Prepared:
     """Check every argument of the parsed command line; raises UsageError naming the first bad one.
     Nothing is compiled, tuned or written here."""
@@ -315,19 +334,33 @@ def prepare(args) -> Prepared:
                                  "--batch or --channels-last)")
             return Prepared("bench", [], models=_check_models(args, "--models", args.models))
         return Prepared("bench", _selected_layers(args, default_suite=True))
+    if args.command == "report":
+        return Prepared("report", [], _report_target(args))
     target = check_target(args.target)
     dtype = check_dtype(args.dtype)
     if args.command == "tune":
-        _at_least("--trials", args.trials, 1)
+        _at_least("--trials", args.trials, 0)
+        if args.seed is not None and not 0 <= args.seed < 2 ** 31:
+            raise UsageError(f"--seed must be in [0, 2**31), got {args.seed}")
         _at_least("--trials-per-iter", args.trials_per_iter, 1)
         _at_least("--population", args.population, 1)
         _at_least("--final-check", args.final_check, 0)
+        if args.plot:
+            from .curves import PlotUnavailable, require_matplotlib
+            try:
+                require_matplotlib()
+            except PlotUnavailable as e:
+                raise UsageError(str(e)) from e
         if args.work_dir is not None:
             check_out_dir(args.work_dir, "--work-dir")
         _check_measuring(args, target)
         if args.model is not None:
             return Prepared("tune", [], target, dtype, models=_check_models(args, "--model", [args.model]))
         return Prepared("tune", _selected_layers(args, default_suite=False), target, dtype)
+    if args.command == "space":
+        if args.layer is None or args.input_shape is None:
+            raise UsageError("give --layer with --input-shape")
+        return Prepared("space", [check_layer(args.layer, args.input_shape)], target, dtype)
     # build
     if args.model is not None:
         models, layers = _check_models(args, "--model", [args.model]), []
@@ -373,6 +406,11 @@ def _run(job: Prepared, args) -> None:
     if job.command == "bench" and job.models:
         from .bench_models import run_models
         run_models(job.models, threads=args.threads, csv_path=args.csv, json_path=args.json)
+    elif job.command == "bench" and args.backward:
+        from . import bench_backward
+        from .bench import Setting
+        bench_backward.run(job.layers, threads=args.threads, device=args.device,
+                           setting=Setting(args.dtype, args.batch, args.channels_last, args.tf32))
     elif job.command == "bench":
         from . import bench as bench_mod
         bench_mod.run(job.layers, threads=args.threads, csv_path=args.csv, json_path=args.json,
@@ -385,7 +423,8 @@ def _run(job: Prepared, args) -> None:
         tune_model(zoo.make(name), torch_input(name), target=job.target, trials=args.trials,
                    work_dir=args.work_dir, fuse=not args.no_fuse, trials_per_iter=args.trials_per_iter,
                    rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose,
-                   final_check=args.final_check, population=args.population)
+                   final_check=args.final_check, population=args.population, strategy=args.strategy,
+                   cost_model=args.cost_model, plot=args.plot)
     elif job.command == "build" and job.models:
         from . import zoo
         from .model_export import export_model
@@ -403,10 +442,20 @@ def _run(job: Prepared, args) -> None:
                   f"best {r.best_ms:.3f} ms ({r.hand_ms / r.best_ms:.2f}x), {r.trials_run} trials in "
                   f"{r.wall_s:.0f} s" + (f", within 10% of this run's best after {within[0]} trials / "
                                          f"{within[1]:.0f} s" if within else "") + f" -> {r.run_dir}")
+            print(f"[tune] curve {r.curve_path}" + (f", plot {r.plot_path}" if r.plot_path else ""))
         tuning.tune_many(job.layers, report=report, target=job.target, trials=args.trials,
                          work_dir=args.work_dir, dtype=job.dtype, trials_per_iter=args.trials_per_iter,
                          rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed,
-                         verbose=args.verbose, final_check=args.final_check, population=args.population)
+                         verbose=args.verbose, final_check=args.final_check, population=args.population,
+                         strategy=args.strategy, cost_model=args.cost_model, plot=args.plot)
+    elif job.command == "report":
+        from .report import format_report, report
+        print(format_report(report(args.database, job.target), args.database, job.target), end="")
+    elif job.command == "space":
+        from . import space
+        from .layers import request_of
+        (layer, shape), = job.layers
+        print(space.describe(request_of(layer, shape, job.dtype), job.target, args.space), end="")
     else:
         from . import export
         (layer, shape), = job.layers
@@ -450,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "compute exact float32); default off")
     bench.add_argument("--csv", help="also write the table as CSV")
     bench.add_argument("--json", help="also write the table as JSON")
+    bench.add_argument("--backward", action="store_true",
+                       help="time a training step per layer (forward + input, weight, bias gradients) instead")
 
     tune = sub.add_parser("tune", parents=[common],
                           help="tune layers with MetaSchedule into a tuning database")
@@ -461,18 +512,40 @@ def build_parser() -> argparse.ArgumentParser:
                       "tuned across tasks by MetaSchedule's task scheduler; --trials is then the model's budget")
     tune.add_argument("--no-fuse", action="store_true", help="with --model: the unfused workloads")
     tune.add_argument("--target", default="llvm", help=targets)
-    tune.add_argument("--trials", type=int, default=64, help="search trials per layer, >= 1 (records "
-                      "already in the database count, so a rerun resumes)")
+    tune.add_argument("--trials", type=int, default=64, help="search trials per layer (records already "
+                      "in the database count, so a rerun resumes; 0: only re-measure the hand schedule "
+                      "beside the best records)")
     tune.add_argument("--trials-per-iter", type=int, default=16)
     tune.add_argument("--dtype", default="float32", help=dtypes)
     tune.add_argument("--work-dir", help="database folder (default: tuning_logs/<target key>)")
     tune.add_argument("--rpc-tracker", help="HOST:PORT of a tvm.rpc tracker to measure on")
     tune.add_argument("--rpc-key", help="device key registered with the tracker")
-    tune.add_argument("--seed", type=int)
+    tune.add_argument("--seed", type=int, help="seed the search's random choices (same seed, same candidates)")
     tune.add_argument("--population", type=int, default=512, help="evolutionary search population")
+    tune.add_argument("--strategy", default="evolutionary", choices=STRATEGIES,
+                      help="MetaSchedule's search strategy (default evolutionary)")
+    tune.add_argument("--cost-model", default="xgboost", choices=COST_MODELS,
+                      help="the evolutionary search's cost model (default xgboost)")
     tune.add_argument("--final-check", type=int, default=3, help="re-measure the hand schedule and this "
                       "many best records side by side at the end (0: skip)")
+    tune.add_argument("--plot", action="store_true", help="also draw each curve JSON as a PNG beside it "
+                      "(needs matplotlib: pip install -e '.[plot]')")
     tune.add_argument("--verbose", action="store_true", help="MetaSchedule's log on stdout too")
+
+    space = sub.add_parser("space", parents=[common], help="print a layer's design spaces: each trace, its "
+                           "decision points (sample_* instructions), default decisions, number of choices")
+    space.add_argument("--layer", help='e.g. "Conv2d(64, 64, 3, padding=1)"')
+    space.add_argument("--input-shape", help=SHAPE_HELP)
+    space.add_argument("--target", default="llvm", help=targets)
+    space.add_argument("--dtype", default="float32", help=dtypes)
+    space.add_argument("--space", default="both", choices=SPACES, help="ours (the hand-written rule's), generic "
+                       "(MetaSchedule's post-order-apply) or both (default)")
+
+    report = sub.add_parser("report", parents=[common], help="summarise a tuning database: per workload "
+                            "trials, best against the hand-written schedule, trials to within 10%%")
+    report.add_argument("database", help="a database folder (e.g. tuning_logs/llvm-znver4 or a --work-dir)")
+    report.add_argument("--target", help="the records' target (default: from the folder's name, "
+                        "llvm-<mcpu> or cuda-<arch>)")
 
     build = sub.add_parser("build", parents=[common],
                            help="ahead-of-time build: shared library + manifest.json")

@@ -89,18 +89,20 @@ RECORD_MARGIN = 0.03
 
 
 def tuned_schedule(request: KernelRequest, target: Target, database_dir) -> Optional[Scheduled]:
-    """The database's best record for exactly this workload, replayed; None when there is none, when
-    the best is the hand-written schedule itself (the hand path packs weights once instead), or when
-    it beats the hand schedule's record by less than ``RECORD_MARGIN``."""
+    """The database's best search record for exactly this workload, replayed; None when it does not
+    beat the record of the hand-written schedule as its rule makes it now by ``RECORD_MARGIN`` (the
+    hand path packs weights once instead), or when there is no such hand record to compare with
+    (the rule changed since the search: re-measure, see tuning_logs/README.md).  Records of older
+    rule versions are never served (:func:`records.classify`)."""
     mod = workload_module(request)
     ranked = records.workload_records(database_dir, target, mod)        # fastest first
     if not ranked:
         return None
-    record = ranked[0]
-    hand_key = records.trace_key(schedule(request, target).trace)
-    hand_record = next((r for r in ranked if records.trace_key(r.trace) == hand_key), None)
-    if hand_record is not None and \
-            records.mean_secs(record) > records.mean_secs(hand_record) * (1 - RECORD_MARGIN):
+    kinds = records.classify(ranked, schedule(request, target).trace, records.rule_versions(target))
+    if not kinds.hand or not kinds.searched:
+        return None
+    record = kinds.searched[0]
+    if records.mean_secs(record) > records.mean_secs(kinds.hand[0]) * (1 - RECORD_MARGIN):
         return None
     sch = s_tir.Schedule(mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)

@@ -38,8 +38,8 @@ def conv_input_grad(spec: ConvSpec, input_shape, weight: torch.Tensor, grad_outp
                     output_padding=None, *, target=None, tuning_database=None) -> torch.Tensor:
     """The gradient of the layer's input (shape ``input_shape``) for ``grad_output`` and ``weight``."""
     input_shape = tuple(int(d) for d in input_shape)
+    _check_tensor("weight", weight, tuple(spec.weight_shape), grad_output)
     plan = _plan("input", spec, input_shape, output_padding, grad_output, target, tuning_database)
-    _check_tensor("weight", weight, plan.weight_shape, grad_output)
     if plan.kernel is None:
         return grad_output.new_zeros(input_shape)
     kernel, w = plan.kernel, weight.detach().contiguous()
@@ -62,8 +62,8 @@ def conv_weight_grad(spec: ConvSpec, input: torch.Tensor, grad_output: torch.Ten
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise RuntimeError(f"expected a 4-D batched NCHW input tensor, got "
                            f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
-    plan = _plan("weight", spec, tuple(input.shape), output_padding, grad_output, target, tuning_database)
     _check_tensor("input", input, tuple(input.shape), grad_output)
+    plan = _plan("weight", spec, tuple(input.shape), output_padding, grad_output, target, tuning_database)
     if plan.kernel is None:
         return grad_output.new_zeros(plan.weight_shape)
     grad_weight = grad_output.new_empty(plan.weight_shape)
@@ -154,6 +154,8 @@ def _dtype_name(t: torch.Tensor) -> str:
 
 def _check_tensor(name: str, tensor, shape: tuple, grad_output: torch.Tensor) -> None:
     """torch's RuntimeError for an operand of the wrong shape, dtype or device."""
+    if not isinstance(grad_output, torch.Tensor):
+        raise TypeError(f"grad_output must be a Tensor, got {type(grad_output).__name__}")
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(tensor).__name__}")
     if tuple(tensor.shape) != shape:

@@ -146,11 +146,16 @@ def batched_shape(input_shape) -> tuple:
 def request_of(layer, input_shape=None, dtype: str = "float32", output_padding=None):
     """The KernelRequest of ``layer`` (anything :func:`spec_of` takes) on ``input_shape`` (3-D or 4-D),
     or ``layer`` itself when it already is a request (then no shape, dtype or padding may be given)."""
-    from .request import KernelRequest
+    from .request import FORWARD, KernelRequest
 
     if isinstance(layer, KernelRequest):
         if input_shape is not None or output_padding is not None:
             raise TypeError("a KernelRequest already holds its input shape and output padding")
+        if layer.operator != FORWARD:
+            # tuning, export and reports take a layer's forward kernel: the gradient kernels have other
+            # arguments (compiler.gradients runs them)
+            raise ValueError(f"{layer.describe()}: only forward kernel requests are tuned, exported or "
+                             f"reported (got operator {layer.operator!r})")
         return layer
     if input_shape is None:
         raise TypeError("an input shape is needed to build a kernel for a layer")

@@ -11,11 +11,10 @@ the budget (a rerun resumes), and a final check re-measures each task's best bes
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -26,11 +25,12 @@ from tvm.s_tir import meta_schedule as ms
 from targets import TargetLike, resolve
 from targets.cpu import usable_cores
 
-from . import build, records
+from . import build, curves, records
 from .conversion import convert, converted_layers
 from .request import KernelRequest
-from .tuning import (_builder, _final_check, _prepare_task, _metaschedule_logging, _runner, _search_strategy,
-                     _Task, _unbound_threads)
+from .search import SearchSettings
+from .tuning import (_builder, _final_check, _prepare_task, _metaschedule_logging, _runner, _Task, _unbound_threads,
+                     candidate_secs)
 
 
 def capture(model: torch.nn.Module, example_inputs, fuse: bool = True) -> Tuple[torch.nn.Module, List[Tuple[str, KernelRequest]]]:
@@ -63,6 +63,11 @@ def model_workloads(model: torch.nn.Module, example_inputs, fuse: bool = True) -
     return list(Counter(request for _, request in calls).items())
 
 
+def _shape_of(example_inputs) -> List[int]:
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    return list(first.shape)
+
+
 def _has_torch_convs(model) -> bool:
     from .conversion import convertible
     return any(convertible(m) for m in model.modules())
@@ -85,6 +90,8 @@ class ModelTuneResult:
     trials_run: int
     wall_s: float
     history: List[Tuple[int, float]] = field(default_factory=list)   # (trials, estimated model ms)
+    curve_path: Optional[Path] = None      # the run's curve JSON (compiler.curves)
+    plot_path: Optional[Path] = None       # its PNG, with ``plot``
 
     @property
     def hand_ms(self) -> float:
@@ -100,9 +107,11 @@ class ModelTuneResult:
 class _ModelProgress(ms.measure_callback.PyMeasureCallback):
     """A line per measured batch: the task, its trials and best, and the whole model's estimate."""
 
-    def __init__(self, tasks: List[_Task], weights: List[int], planned: int, out) -> None:
+    def __init__(self, tasks: List[_Task], weights: List[int], planned: int, out, curve: curves.Curve,
+                 curve_path) -> None:
         self.tasks, self.weights, self.planned, self.out = tasks, weights, planned, out
-        self.best = [t.hand_s for t in tasks]
+        self.curve, self.curve_path = curve, curve_path
+        self.best = [min([t.hand_s] + [records.mean_secs(r) for r in t.searched]) for t in tasks]
         self.done = [0] * len(tasks)
         self.start, self.history = time.perf_counter(), []
 
@@ -110,12 +119,15 @@ class _ModelProgress(ms.measure_callback.PyMeasureCallback):
         return sum(w * b for w, b in zip(self.weights, self.best)) * 1e3
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        elapsed = time.perf_counter() - self.start
         for result in runner_results:
-            secs = [float(s) for s in (result.run_secs or [])]
-            if secs and result.error_msg is None and all(math.isfinite(s) for s in secs):
-                self.best[task_id] = min(self.best[task_id], sum(secs) / len(secs))
+            mean = candidate_secs(result)
+            if mean is not None:
+                self.best[task_id] = min(self.best[task_id], mean)
+            self.curve.add(elapsed, mean, task=task_id, best_ms=self.model_ms())
+        self.curve.save(self.curve_path)
         self.done[task_id] += len(runner_results)
-        total, elapsed = sum(self.done), time.perf_counter() - self.start
+        total = sum(self.done)
         self.history.append((total, self.model_ms()))
         left = elapsed / total * max(0, self.planned - total)
         task = self.tasks[task_id]
@@ -130,7 +142,8 @@ class _ModelProgress(ms.measure_callback.PyMeasureCallback):
 def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None, trials: int = 256, *,
                work_dir=None, fuse: bool = True, trials_per_iter: int = 16, rpc_tracker: Optional[str] = None,
                rpc_key: Optional[str] = None, seed: Optional[int] = None, final_check: int = 1,
-               population: int = 512, out=None, verbose: bool = False) -> ModelTuneResult:
+               population: int = 512, out=None, verbose: bool = False, strategy: str = "evolutionary",
+               cost_model: str = "xgboost", plot: bool = False) -> ModelTuneResult:
     """Tune every conv workload of ``model`` on ``example_inputs`` into the target's database.
 
     ``trials``: the budget for the whole model (search records already in the database count, so a
@@ -140,6 +153,9 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
     records up.
     """
     out = out or sys.stdout
+    settings = SearchSettings(strategy, cost_model, population, seed)
+    if plot:
+        curves.require_matplotlib()
     start = time.perf_counter()
     target = resolve(target)
     workloads = model_workloads(model, example_inputs, fuse)
@@ -156,19 +172,23 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
                      for request, _ in workloads]
             weights = [calls for _, calls in workloads]
             remaining = max(0, trials - sum(t.distinct_searched for t in tasks))
-            counter = _ModelProgress(tasks, weights, remaining, out)
-            out.write(f"[tune-model] hand schedules: model convs {counter.model_ms():.2f} ms; {remaining} "
+            curve = curves.Curve(layer=type(model).__name__, input_shape=_shape_of(example_inputs),
+                                 target=records.target_key(target), search=asdict(settings),
+                                 hand_ms=sum(w * t.hand_s for w, t in zip(weights, tasks)) * 1e3)
+            curve_path = curves.new_path(run.path, f"model-{type(model).__name__}")
+            counter = _ModelProgress(tasks, weights, remaining, out, curve, curve_path)
+            out.write(f"[tune-model] hand schedules: model convs {curve.hand_ms:.2f} ms; {remaining} "
                       f"trials to run ({sum(t.distinct_searched for t in tasks)} already in the database)\n")
             if remaining:
                 with _metaschedule_logging(verbose):
                     contexts = [ms.TuneContext(mod=t.mod, target=target, space_generator="post-order-apply",
-                                               search_strategy=_search_strategy(population),
-                                               task_name=f"task{i}", rand_state=-1 if seed is None else seed + i,
+                                               search_strategy=settings.make_strategy(),
+                                               task_name=f"task{i}", rand_state=settings.rand_state(i),
                                                num_threads=workers).clone() for i, t in enumerate(tasks)]
                     ms.tune_tasks(tasks=contexts, task_weights=[float(w) for w in weights], work_dir=str(run.path),
                                   max_trials_global=remaining, num_trials_per_iter=trials_per_iter,
                                   builder=builder, runner=runner, database=writer,
-                                  cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
+                                  cost_model=settings.make_cost_model(workers),
                                   measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                                   + [counter], task_scheduler="gradient")
             if final_check:
@@ -179,16 +199,22 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
     build.clear_cache()
     results = []
     for task, calls in zip(tasks, weights):
-        ranked = records.workload_records(db_dir, target, task.mod)
-        searched = {records.trace_key(r.trace) for r in ranked} - {task.hand_key}
+        ranked = task.ranked(db_dir, target)
         results.append(TaskResult(task.request, calls, task.hand_s * 1e3,
-                                  records.mean_secs(ranked[0]) * 1e3 if ranked else task.hand_s * 1e3,
-                                  len(searched)))
+                                  records.mean_secs(ranked.valid[0]) * 1e3 if ranked.valid else task.hand_s * 1e3,
+                                  ranked.distinct_searched()))
     result = ModelTuneResult(results, db_dir, run_dir, sum(counter.done), time.perf_counter() - start,
-                             counter.history)
+                             counter.history, curve_path)
+    curve.hand_ms, curve.best_ms, curve.wall_s = result.hand_ms, result.best_ms, round(result.wall_s, 3)
+    curve.tasks = [dict(curves.request_fields(t.request), calls=t.calls, hand_ms=t.hand_ms, best_ms=t.best_ms,
+                        trials=t.trials) for t in results]
+    curve.save(curve_path)
+    if plot:
+        result.plot_path = curves.plot(curve, curve_path.with_suffix(".png"))
     out.write(f"[tune-model] done: model convs {result.hand_ms:.2f} ms with hand schedules -> "
               f"{result.best_ms:.2f} ms with the best records, {result.trials_run} trials in "
-              f"{result.wall_s:.0f} s -> {run_dir}\n")
+              f"{result.wall_s:.0f} s -> {run_dir}\n[tune-model] curve {curve_path}"
+              + (f", plot {result.plot_path}" if result.plot_path else "") + "\n")
     return result
 
 

@@ -158,21 +158,21 @@ class _ConvBase(nn.Module):
         """(output shape, kernel or None for empty outputs) for this call, memoised per module.
 
         The memo key holds everything the answer depends on (the module's attributes and parameter
-        shapes, the input's shape, dtype and device, the target, the database setting, and the
-        process cache's generation), so a hit skips building the spec, the bias check, the shape
-        rules and the kernel-cache lookup (together ~10 of a call's ~20 us of Python, measured)
-        without changing what a call does: every error they raise is raised on the miss, and a
-        changed attribute is a different key.
+        shapes, the input's shape, dtype and device, the target, the database setting, the process
+        cache's generation, and torch's TF32 setting for this call), so a hit skips building the
+        spec, the bias check, the shape rules and the kernel-cache lookup (together ~10 of a call's
+        ~20 us of Python, measured) without changing what a call does: every error they raise is
+        raised on the miss, and a changed attribute is a different key.
         """
         key = (self._layer_key(), output_padding, tuple(x.shape), x.dtype, x.device,
                None if self.target is None else str(self.target), self.tuning_database, generation(),
-               self.epilogue)
+               self.epilogue, ops.tf32_allowed(x.dtype, x.device))
         memo = self.__dict__.setdefault("_dispatch_memo", {})
         hit = memo.get(key)
         if hit is None:
             hit = ops.plan(spec or self._spec(), tuple(x.shape), x.dtype, x.device, output_padding, self.epilogue,
                            self.target or _device_target(x.device), self.tuning_database, self.weight.shape,
-                           None if self.bias is None else self.bias.shape)
+                           None if self.bias is None else self.bias.shape, key[-1])
             if len(memo) >= _DISPATCH_MEMO_SIZE:
                 memo.clear()
             memo[key] = hit
@@ -216,8 +216,9 @@ class _ConvBase(nn.Module):
             input, self.weight, self.bias, residual) else None
         call = getattr(operator, self._op_name) if operator is not None else ops.direct(self._op_name)
         if self._parameters["weight"].is_complex():
-            if operator is None:
+            if not isinstance(input, torch.fx.Proxy):
                 self._check_input(input)
+            ops.check_complex(self.weight.dtype, self.padding_mode)
             if residual is not None or epilogue:
                 raise RuntimeError(f"{type(self).__name__}: fused epilogues are for real dtypes")
             tail = self._operator_args(None, "", output_size)

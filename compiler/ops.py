@@ -25,6 +25,8 @@ import tvm_ffi
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from targets.cuda import has_tf32
+
 from .build import Kernel, generation, get_kernel
 from .request import ADD, Epilogue, KernelRequest
 from .spec import ConvSpec
@@ -175,16 +177,26 @@ def drop_packed_weight(weight: torch.Tensor) -> None:
     _PACKED.pop(weight, None)
 
 
+def tf32_allowed(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether torch's convolution may take this call's products on TF32 tensor cores: float32 on a
+    CUDA device while ``torch.backends.cudnn.conv.fp32_precision`` is ``"tf32"`` (what
+    ``torch.backends.cudnn.allow_tf32``, True by default, sets).  Read at every call, as torch does."""
+    return dtype is torch.float32 and device.type == "cuda" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
 _PLANS: Dict[tuple, tuple] = {}
 _PLANS_SIZE = 1024
 
 
 def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, output_padding, epilogue: Epilogue,
-         target, database, weight_shape, bias_shape) -> Tuple[tuple, Optional[Kernel], KernelRequest]:
+         target, database, weight_shape, bias_shape, tf32: bool = False
+         ) -> Tuple[tuple, Optional[Kernel], KernelRequest]:
     """(output shape, kernel or None when there is nothing to compute, request) for a batched call:
-    the bias check, torch's shape rules and the kernel lookup (raising torch's errors)."""
+    the bias check, torch's shape rules and the kernel lookup (raising torch's errors); ``tf32``
+    (:func:`tf32_allowed`) makes the request a TF32 one on a target with TF32 tensor cores."""
     check_bias(spec, weight_shape, bias_shape)
-    request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue)
+    request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue,
+                            tf32=tf32 and has_tf32(target))
     out_shape = request.output_shape                          # raises torch's errors
     kernel = None                  # nothing to compute: no kernel for empty outputs or meta tensors
     if x_shape[0] != 0 and 0 not in out_shape and device.type != "meta":
@@ -197,7 +209,8 @@ def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilati
     """:func:`plan` memoised on everything it depends on (as the modules' dispatch memo)."""
     key = (transposed, tuple(weight.shape), None if bias is None else tuple(bias.shape), tuple(stride),
            tuple(padding), padding_string, tuple(dilation), groups, padding_mode, tuple(output_padding),
-           tuple(x.shape), x.dtype, x.device, epilogue, target, database, generation())
+           tuple(x.shape), x.dtype, x.device, epilogue, target, database, generation(),
+           tf32_allowed(x.dtype, x.device))
     hit = _PLANS.get(key)
     if hit is None:
         spec = layer_spec(transposed, weight.shape, bias is not None, stride,
@@ -205,7 +218,8 @@ def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilati
         steps = Epilogue(tuple(epilogue.split("+")) if epilogue else ())
         where = resolve_target(target, x.device)
         hit = plan(spec, tuple(x.shape), x.dtype, x.device, tuple(output_padding) if transposed else None,
-                   steps, where, decode_database(database), weight.shape, None if bias is None else bias.shape)
+                   steps, where, decode_database(database), weight.shape, None if bias is None else bias.shape,
+                   key[-1])
         if len(_PLANS) >= _PLANS_SIZE:
             _PLANS.clear()
         _PLANS[key] = hit
@@ -392,6 +406,16 @@ for _name in ("conv_input_grad", "conv_weight_grad", "conv_bias_grad"):
 
 
 # ------------------------------------------------------------------------------ complex
+#: torch's pads that have no ComplexHalf kernel (its complex32 layers with these modes raise).
+_NO_COMPLEX_HALF_PAD = {"reflect": "reflection_pad2d", "replicate": "replication_pad2d"}
+
+
+def check_complex(dtype: torch.dtype, padding_mode: str) -> None:
+    """torch's NotImplementedError for complex32 layers padded by a mode it has no such pad for."""
+    if dtype == torch.complex32 and padding_mode in _NO_COMPLEX_HALF_PAD:
+        raise NotImplementedError(f'"{_NO_COMPLEX_HALF_PAD[padding_mode]}" not implemented for \'ComplexHalf\'')
+
+
 def complex_convolution(real_conv, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """A complex convolution from three real ones, as torch's aten ``complex_convolution`` (Gauss's
     trick, the same formula, so the same roundings): ``a = conv(xr, wr, br)``, ``b = conv(xi, wi)``,

@@ -18,13 +18,16 @@ import socket
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import tvm_ffi
+from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from schedules.base import RULE_ANNOTATION
 from targets import target_key
 
 #: Environment variable naming a database folder (the one for the target, not its parent).
@@ -80,36 +83,56 @@ def _record_index(line: str) -> Optional[int]:
     return int(head) if head.strip().isdigit() else None
 
 
-def _read_run(run: Path, database: ms.database.Database, key: str,
-              workload_hash: Optional[str] = None) -> None:
-    """Commit one run folder's valid records for target ``key`` into ``database`` (only those of
-    the workload whose structural hash is ``workload_hash``, when given: parsing a record's trace
-    costs ~5 ms, so a lookup reads its own workload's records, not the whole folder's)."""
-    workloads: Dict[int, ms.database.Workload] = {}
+def _run_records(run: Path, key: str, workload_hash: Optional[str] = None,
+                 database: Optional[ms.database.Database] = None):
+    """One run folder's valid records for target ``key``, in the order they were written:
+    ``(workload hash, record)`` (only those of the workload whose structural hash is
+    ``workload_hash``, when given: parsing a record's trace costs ~5 ms, so a lookup reads its own
+    workload's records, not the whole folder's).  Workloads are committed to ``database`` if given."""
+    workloads: Dict[int, Tuple[str, ms.database.Workload]] = {}
     for number, index, obj in _lines(run / WORKLOADS):
         if workload_hash is not None and not (isinstance(obj, list) and obj and str(obj[0]) == workload_hash):
             continue
         try:
-            workloads[index] = database.commit_workload(ms.database.Workload.from_json(obj).mod)
+            workload = ms.database.Workload.from_json(obj)
+            if database is not None:
+                workload = database.commit_workload(workload.mod)
+            workloads[index] = (str(obj[0]), workload)
         except Exception as err:  # noqa: BLE001 - TVM raises a variety of errors on foreign IR
             warnings.warn(f"{run / WORKLOADS}:{number}: skipped workload, unreadable by this TVM "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
-                          TuningLogWarning, stacklevel=2)
+                          TuningLogWarning, stacklevel=3)
     wanted = None if workload_hash is None else set(workloads)
     for number, _, obj in _lines(run / RECORDS, wanted):
         try:
             index, record_json = obj
-            record = ms.database.TuningRecord.from_json(record_json, workloads[index])
+            record = ms.database.TuningRecord.from_json(record_json, workloads[index][1])
         except Exception as err:  # noqa: BLE001
             warnings.warn(f"{run / RECORDS}:{number}: skipped record ({type(err).__name__}: "
                           f"{str(err).splitlines()[0][:200] if str(err) else 'bad workload index'})",
-                          TuningLogWarning, stacklevel=2)
+                          TuningLogWarning, stacklevel=3)
             continue
         if record.target is not None and target_key(record.target) != key:
             continue
         if not record.run_secs:
             continue                       # a failed build/run: no measurement to compare
+        yield workloads[index][0], record
+
+
+def _read_run(run: Path, database: ms.database.Database, key: str,
+              workload_hash: Optional[str] = None) -> None:
+    """Commit one run folder's valid records for target ``key`` into ``database``."""
+    for _, record in _run_records(run, key, workload_hash, database):
         database.commit_tuning_record(record)
+
+
+def in_order(db_dir: Path, target: Target) -> Iterator[Tuple[Path, str, ms.database.TuningRecord]]:
+    """Every valid record of ``db_dir`` for ``target`` as ``(run folder, workload hash, record)``,
+    run by run (by the creation time their names end with) and line by line: the order a search
+    measured them, which :mod:`compiler.report` reads trials from."""
+    for run in sorted(_run_dirs(Path(db_dir)), key=lambda p: (p.name[-15:], p.name)):
+        for workload, record in _run_records(run, target_key(target)):
+            yield run, workload, record
 
 
 _LOADED: Dict[str, Tuple[tuple, ms.database.Database]] = {}
@@ -171,7 +194,100 @@ def mean_secs(record: ms.database.TuningRecord) -> float:
 
 def trace_key(trace) -> str:
     """A canonical text of a schedule trace (to recognise the hand-written schedule among records)."""
-    return json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=str)
+    return json.dumps(trace.as_json(remove_postproc=True), sort_keys=True, default=_plain)
+
+
+def _plain(value):
+    """JSON for a trace's TVM values: an integer annotation is an IntImm in a trace made here and a
+    plain int in one read back from a database; both are the same number."""
+    if isinstance(value, tirx.IntImm):
+        return int(value.value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class RuleMark:
+    """Which hand-written rule, at which version, made a schedule (``schedules.base.mark_rule``)."""
+
+    rule: str
+    version: int
+
+
+def rule_mark(trace) -> Optional[RuleMark]:
+    """The rule mark a trace carries, or None (MetaSchedule's generic space, or a record made
+    before schedules were marked)."""
+    for inst in trace.insts:
+        if inst.kind.name == "Annotate" and str(inst.attrs[0]) == RULE_ANNOTATION:
+            name, _, version = str(inst.inputs[1]).rpartition(":")
+            return RuleMark(name, int(version)) if version.isdigit() else None
+    return None
+
+
+def unmarked_key(trace) -> str:
+    """:func:`trace_key` of the trace without its rule mark: what the same schedule's record said
+    before schedules were marked."""
+    insts, decisions = trace.as_json(remove_postproc=True)
+    marks = [i for i, inst in enumerate(insts) if inst[0] == "Annotate" and inst[2] == [RULE_ANNOTATION]]
+    blocks = {insts[i][1][0] for i in marks}
+    drop = set(marks) | {i for i, inst in enumerate(insts)
+                         if inst[0] == "GetSBlock" and inst[2][0] == "root" and set(inst[3]) <= blocks}
+    kept = [inst for i, inst in enumerate(insts) if i not in drop]
+    shift = lambda index: index - sum(1 for d in drop if d < index)  # noqa: E731
+    return json.dumps([kept, [[shift(i), d] for i, d in decisions]], sort_keys=True, default=_plain)
+
+
+def samples(trace) -> int:
+    """How many sampling instructions (``Sample*``: MetaSchedule's decisions) a trace holds."""
+    return sum(1 for inst in trace.insts if inst.kind.name.startswith("Sample"))
+
+
+def rule_versions(target: Target) -> Dict[str, int]:
+    """Each hand-written rule of ``target``'s chain: its current version."""
+    from schedules import rules_for
+    return {rule.name: rule.version for rule in rules_for(target)}
+
+
+@dataclass
+class Ranked:
+    """A workload's records sorted out against its current hand-written schedule (each list fastest
+    first): see :func:`classify`."""
+
+    hand: List[ms.database.TuningRecord]        # the hand schedule as its rule makes it now
+    searched: List[ms.database.TuningRecord]    # other schedules still valid (search results)
+    stale: List[ms.database.TuningRecord]       # made by an older (or a removed) rule version
+
+    @property
+    def valid(self) -> List[ms.database.TuningRecord]:
+        return sorted(self.hand + self.searched, key=mean_secs)
+
+    def distinct_searched(self) -> int:
+        return len({trace_key(r.trace) for r in self.searched})
+
+
+def classify(records: List[ms.database.TuningRecord], hand_trace, versions: Dict[str, int]) -> Ranked:
+    """Sort ``records`` (fastest first) into the current hand schedule's, valid search records and
+    stale ones.
+
+    A record is the hand schedule's when its trace is the hand trace (rule mark included), or, for
+    records made before marks, the hand trace without its mark.  It is stale when its mark names a
+    rule version other than the chain's current one (the rule changed since: its old schedule, or
+    a search around it, must not shadow the rule as it is now), or when it is an unmarked trace
+    without sampling decisions that is not the hand trace: a hand schedule from before marks (the
+    generic search always samples).  Everything else is a search record.
+    """
+    hand_key, legacy_key = trace_key(hand_trace), unmarked_key(hand_trace)
+    ranked = Ranked([], [], [])
+    for record in records:
+        key, mark = trace_key(record.trace), rule_mark(record.trace)
+        if key == hand_key or (mark is None and key == legacy_key):
+            ranked.hand.append(record)
+        elif mark is not None and versions.get(mark.rule) != mark.version:
+            ranked.stale.append(record)
+        elif mark is None and not samples(record.trace):
+            ranked.stale.append(record)
+        else:
+            ranked.searched.append(record)
+    return ranked
 
 
 class RunFolder:

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -27,8 +27,9 @@ from targets import TargetLike, resolve
 from targets.cpu import usable_cores
 from targets.cuda import local_arch
 
-from . import build, metaschedule_startup, progress, records
+from . import build, curves, metaschedule_startup, progress, records
 from .layers import request_of
+from .search import SearchSettings
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TuneResult:
     wall_s: float
     #: (trials measured, seconds since start, best ms so far) after each measured batch
     history: List[Tuple[int, float, float]] = field(default_factory=list)
+    curve_path: Optional[Path] = None    # the run's curve JSON (compiler.curves), beside its records
+    plot_path: Optional[Path] = None     # its PNG, with ``plot``
 
     def within(self, fraction: float = 0.10) -> Optional[Tuple[int, float]]:
         """(trials, seconds) this call took to come within ``fraction`` of the best it found."""
@@ -58,22 +61,34 @@ class TuneResult:
         return None
 
 
+def candidate_secs(result) -> Optional[float]:
+    """A runner result's mean run time, or None for a candidate that failed to build or run."""
+    secs = [float(s) for s in (result.run_secs or [])]
+    if secs and result.error_msg is None and all(math.isfinite(s) for s in secs):
+        return sum(secs) / len(secs)
+    return None
+
+
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """The live line: trials done / planned, best latency, GFLOP/s, elapsed and remaining time."""
+    """The live line (trials done / planned, best latency, GFLOP/s, elapsed and remaining time) and
+    the curve, a point per candidate, saved after every batch (a killed run keeps it)."""
 
-    def __init__(self, planned: int, flops: float, best_s: Optional[float], out) -> None:
+    def __init__(self, planned: int, flops: float, best_s: Optional[float], out, curve: curves.Curve,
+                 curve_path: Path) -> None:
         self.planned, self.flops, self.best, self.out = planned, flops, best_s, out
+        self.curve, self.curve_path = curve, curve_path
         self.done, self.start, self.history = 0, time.perf_counter(), []
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        for result in runner_results:
-            secs = [float(s) for s in (result.run_secs or [])]
-            if secs and result.error_msg is None and all(math.isfinite(s) for s in secs):
-                mean = sum(secs) / len(secs)
-                self.best = mean if self.best is None else min(self.best, mean)
-        self.done += len(runner_results)
         elapsed = time.perf_counter() - self.start
+        for result in runner_results:
+            mean = candidate_secs(result)
+            if mean is not None:
+                self.best = mean if self.best is None else min(self.best, mean)
+            self.curve.add(elapsed, mean, best_ms=self.best * 1e3)
+        self.curve.save(self.curve_path)
+        self.done += len(runner_results)
         self.history.append((self.done, elapsed, self.best * 1e3 if self.best else float("inf")))
         left = elapsed / self.done * max(0, self.planned - self.done)
         best = (f"best {self.best * 1e3:.3f} ms  {self.flops / self.best / 1e9:6.1f} GFLOP/s"
@@ -128,7 +143,8 @@ def _measure(modules, target, builder, runner, args_info, rounds: int = 1):
 def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike = None, trials: int = 64,
          work_dir=None, *, dtype: str = "float32", output_padding=None, trials_per_iter: int = 16,
          rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, seed: Optional[int] = None,
-         out=None, verbose: bool = False, final_check: int = 3, population: int = 512) -> TuneResult:
+         out=None, verbose: bool = False, final_check: int = 3, population: int = 512,
+         strategy: str = "evolutionary", cost_model: str = "xgboost", plot: bool = False) -> TuneResult:
     """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``,
     or a :class:`~compiler.request.KernelRequest` (which holds its shape, dtype and epilogue).
 
@@ -137,9 +153,14 @@ def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike 
     (or ``$TVM_CONV_DATABASE``).  Returns what was measured; compilation picks the records up.
     MetaSchedule's own log goes to ``<run folder>/logs`` (and to stdout too with ``verbose``).
     ``final_check``: how many of the best search records to re-measure beside the hand schedule
-    at the end (0: none).  ``population``: the evolutionary search's population per round
-    (MetaSchedule's default 512; small values make tiny runs fast, as the tests do).
+    at the end (0: none).  ``strategy``, ``cost_model``, ``population``, ``seed``: the search
+    (:class:`compiler.search.SearchSettings`: evolutionary, replay-trace or replay-func; xgboost,
+    random or mlp; a seed repeats the search's choices).  Each call writes a curve JSON
+    (:mod:`compiler.curves`) into the run folder, and with ``plot`` its PNG (needs matplotlib).
     """
+    settings = SearchSettings(strategy, cost_model, population, seed)
+    if plot:
+        curves.require_matplotlib()
     out = out or sys.stdout
     start = time.perf_counter()
     target = resolve(target)
@@ -148,8 +169,8 @@ def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike 
     workers = usable_cores()
     with _unbound_threads():
         return _tune(request, target, trials, db_dir, trials_per_iter,
-                     _runner(target, rpc_tracker, rpc_key, workers), workers, seed, out, verbose, start,
-                     final_check, population)
+                     _runner(target, rpc_tracker, rpc_key, workers), workers, settings, out, verbose, start,
+                     final_check, plot)
 
 
 @contextlib.contextmanager
@@ -174,10 +195,15 @@ class _Task:
     request: object
     mod: object                      # the workload IRModule (torch-layout weights)
     hand: build.Scheduled
-    hand_key: str
     hand_s: float
     workload: object                 # its entry in the run's database
-    searched: List[object]           # search records already in the database (not the hand schedule)
+    searched: List[object]           # valid search records already in the database (fastest first)
+    versions: dict                   # the target's rules: their current versions
+
+    def ranked(self, db_dir, target) -> records.Ranked:
+        """The workload's records in ``db_dir`` now, sorted out against the hand schedule."""
+        return records.classify(records.workload_records(db_dir, target, self.mod), self.hand.trace,
+                                self.versions)
 
     @property
     def distinct_searched(self) -> int:
@@ -187,16 +213,15 @@ class _Task:
 
 def _prepare_task(request, target, db_dir, writer, builder, runner, out) -> _Task:
     """The task of ``request``: its hand schedule's time from the database, or measured now with the
-    tuner's builder and runner and committed, so the database's best is never slower than it."""
+    tuner's builder and runner and committed, so the database's best is never slower than it.
+    Records of older rule versions are left aside (:func:`records.classify`)."""
     mod = build.workload_module(request)
     hand = build.schedule(request, target)
-    hand_key = records.trace_key(hand.trace)
-    known = records.workload_records(db_dir, target, mod)
-    searched = [r for r in known if records.trace_key(r.trace) != hand_key]
-    hand_known = [r for r in known if records.trace_key(r.trace) == hand_key]
+    versions = records.rule_versions(target)
+    known = records.classify(records.workload_records(db_dir, target, mod), hand.trace, versions)
     workload = writer.commit_workload(mod)
-    if hand_known:
-        return _Task(request, mod, hand, hand_key, records.mean_secs(hand_known[0]), workload, searched)
+    if known.hand:
+        return _Task(request, mod, hand, records.mean_secs(known.hand[0]), workload, known.searched, versions)
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     with progress.step(f"measuring the hand-written schedule of {request.describe()} (the search's "
                        "baseline)", out):
@@ -204,17 +229,12 @@ def _prepare_task(request, target, db_dir, writer, builder, runner, out) -> _Tas
     if secs is None:
         raise RuntimeError(f"measuring the hand-written schedule failed: {error}")
     writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [secs], target, args_info))
-    return _Task(request, mod, hand, hand_key, secs, workload, searched)
+    return _Task(request, mod, hand, secs, workload, known.searched, versions)
 
 
 def _builder(workers: int):
     # 120 s: two tuners sharing these 2 cores took over the default 30 s for one build (measured).
     return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=120, f_build=metaschedule_startup.build)
-
-
-def _search_strategy(population: int):
-    return ms.search_strategy.EvolutionarySearch(population_size=population,
-                                                 init_min_unmeasured=min(50, population))
 
 
 @contextlib.contextmanager
@@ -236,43 +256,49 @@ def _metaschedule_logging(verbose: bool):
             console.addHandler(handler)
 
 
-def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, seed, out, verbose, start,
-          final_check, population) -> TuneResult:
+def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, settings, out, verbose, start,
+          final_check, plot) -> TuneResult:
     flops = request.spec.flops_for_input(request.input_shape)
     builder = _builder(workers)
     with records.RunFolder(db_dir) as run:
         writer = run.database()
         task = _prepare_task(request, target, db_dir, writer, builder, runner, out)
-        mod, hand_key, hand_s, searched = task.mod, task.hand_key, task.hand_s, task.searched
+        mod, hand_s, searched = task.mod, task.hand_s, task.searched
         best_known = min([hand_s] + [records.mean_secs(r) for r in searched])
         # distinct schedules: the final check re-commits traces already measured
         remaining = max(0, trials - task.distinct_searched)
-        counter = _Progress(remaining, flops, best_known, out)
+        curve = curves.Curve(**curves.request_fields(request), target=records.target_key(target),
+                             hand_ms=hand_s * 1e3, workload_hash=build.workload_hash(mod),
+                             search=asdict(settings))
+        curve_path = curves.new_path(run.path, build.workload_hash(mod))
+        counter = _Progress(remaining, flops, best_known, out, curve, curve_path)
         if remaining:
             out.write(f"[tune] {request.describe()}: {remaining} trials "
                       f"({len(searched)} already in {db_dir}), hand-written {hand_s * 1e3:.3f} ms\n")
             with _metaschedule_logging(verbose):
                 ms.tune_tir(mod, target, work_dir=str(run.path), max_trials_global=remaining,
                             num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
-                            runner=runner, database=writer, strategy=_search_strategy(population),
-                            cost_model=ms.cost_model.XGBModel(num_tuning_cores=workers),
+                            runner=runner, database=writer, strategy=settings.make_strategy(),
+                            cost_model=settings.make_cost_model(workers),
                             measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                            + [counter], num_tuning_cores=workers, seed=seed)
+                            + [counter], num_tuning_cores=workers, seed=settings.seed)
             if getattr(out, "isatty", lambda: False)():
                 out.write("\n")
         if final_check:
             hand_s = _final_check(task, writer, target, builder, runner, db_dir, final_check, out) or hand_s
         run_dir = run.path
     build.clear_cache()                       # kernels compiled before now may have a better record
-    final = records.workload_records(db_dir, target, mod)      # fastest first
+    final = task.ranked(db_dir, target)
+    best_ms = records.mean_secs(final.valid[0]) * 1e3 if final.valid else None
+    wall_s = time.perf_counter() - start
+    curve.hand_ms, curve.best_ms, curve.wall_s = hand_s * 1e3, best_ms, round(wall_s, 3)
+    curve.save(curve_path)
+    png = curves.plot(curve, curve_path.with_suffix(".png")) if plot else None
     return TuneResult(
         layer=request.spec.describe(), input_shape=request.input_shape, target_key=records.target_key(target),
         database_dir=db_dir, run_dir=run_dir, workload_hash=build.workload_hash(mod),
-        trials_run=counter.done,
-        trials_total=len({records.trace_key(r.trace) for r in final} - {hand_key}),
-        hand_ms=hand_s * 1e3,
-        best_ms=records.mean_secs(final[0]) * 1e3 if final else None,
-        wall_s=time.perf_counter() - start, history=counter.history)
+        trials_run=counter.done, trials_total=final.distinct_searched(), hand_ms=hand_s * 1e3,
+        best_ms=best_ms, wall_s=wall_s, history=counter.history, curve_path=curve_path, plot_path=png)
 
 
 def _final_check(task: _Task, writer, target, builder, runner, db_dir, top: int, out):
@@ -284,10 +310,8 @@ def _final_check(task: _Task, writer, target, builder, runner, db_dir, top: int,
     at different moments of a long search are not comparable; this puts the finalists on one footing
     so the database's best really is the fastest, and never slower than the hand schedule."""
     mod, hand = task.mod, task.hand
-    searched = [r for r in records.workload_records(db_dir, target, mod)
-                if records.trace_key(r.trace) != task.hand_key]
     finalists, seen = [], set()
-    for record in sorted(searched, key=records.mean_secs):
+    for record in task.ranked(db_dir, target).searched:
         key = records.trace_key(record.trace)
         if key not in seen:
             seen.add(key)

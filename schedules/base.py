@@ -64,9 +64,16 @@ def native_lanes(workload: Workload, target: Target) -> int:
 
 
 class ScheduleRule:
-    """A hand-written schedule for one pattern of convolution on one kind of target."""
+    """A hand-written schedule for one pattern of convolution on one kind of target.
+
+    ``version``: bumped whenever the schedules the rule makes change (tiles, loop order, which
+    workloads it takes).  Every schedule carries ``name:version`` (:func:`mark_rule`), so tuning
+    records made by an older version are recognised and never shadow the rule as it is now
+    (policy: tuning_logs/README.md; ``tests/test_rule_versions.py`` fails on an unbumped change).
+    """
 
     name = "rule"
+    version = 1
     #: the request operators whose compute this rule knows (``Workload.operator``); ``apply_first``
     #: never offers it another's
     operators: Tuple[str, ...] = ("forward",)
@@ -78,6 +85,17 @@ class ScheduleRule:
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> Optional[s_tir.Schedule]:
         raise NotImplementedError
+
+
+#: The root-block annotation naming the rule (and its version) that made a schedule.
+RULE_ANNOTATION = "tvm_conv.rule"
+
+
+def mark_rule(sch: s_tir.Schedule, rule: ScheduleRule) -> s_tir.Schedule:
+    """Annotate ``sch``'s root block with ``name:version`` of ``rule``, the last step of its trace,
+    so a tuning record of this schedule says which rule, at which version, made it."""
+    sch.annotate(sch.get_sblock("root"), RULE_ANNOTATION, f"{rule.name}:{rule.version}")
+    return sch
 
 
 def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int]], tirx.PrimFunc],
@@ -94,7 +112,7 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
         block = rule.weight_block(workload, target) if prepacked else None
         sch = rule.apply(make_func(block), workload, target)
         if sch is not None:
-            return rule, sch, block
+            return rule, mark_rule(sch, rule), block
     raise ValueError(f"no schedule rule accepts {workload}")
 
 

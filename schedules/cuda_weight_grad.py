@@ -34,4 +34,5 @@ class CudaWeightGrad(ScheduleRule):
         sch.bind(element, "blockIdx.x")
         sch.bind(tx, "threadIdx.x")
         sch.reverse_compute_at(out, element)
+        sch.set_scope(conv, 0, "local")          # the block's sum, rounded and written by one thread
         return sch

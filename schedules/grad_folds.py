@@ -56,7 +56,7 @@ def schedule_bias_grad(func, target) -> s_tir.Schedule:
         sch.bind(c, "blockIdx.x")
         sch.bind(tx, "threadIdx.x")
         sch.reverse_compute_at(out, c)
-        sch.bind(sch.get_loops(out)[-1] if len(sch.get_loops(out)) > 1 else sch.add_unit_loop(out), "threadIdx.x")
+        sch.set_scope(total, 0, "local")        # the block's sum, rounded and written by one thread
         return sch
     sch.parallel(c)
     sch.reverse_compute_at(out, c)

@@ -1,0 +1,77 @@
+"""Search settings for research: MetaSchedule's search strategy, cost model, population and seed,
+as one value the CLI and ``tune``/``tune_model`` share.
+
+Strategies: ``evolutionary`` (MetaSchedule's default: a population sampled from the design spaces
+and from the database's best records, mutated, ranked by the cost model), ``replay-trace`` (each
+candidate is a design space's trace replayed with fresh random decisions: no cost model, no
+evolution) and ``replay-func`` (each candidate is a design space generated anew: MetaSchedule's
+schedule rules re-run).  Cost models (used by ``evolutionary`` only): ``xgboost``, ``random``, and
+``mlp`` (MetaSchedule's segment-sum MLP, trained from this run's measurements; needs torch).
+
+Reproducibility: with a ``seed``, the search's random choices (and the random cost model's) are
+seeded, so the same settings on the same workload and database propose the same candidates.  The
+search's later batches also depend on what was measured (the database's best records seed the
+evolution, the cost model learns from run times), so only strategies that never look at
+measurements (``replay-trace``) repeat whole runs exactly; the evolutionary search repeats its
+first batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from tvm.s_tir import meta_schedule as ms
+
+STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
+COST_MODELS = ("xgboost", "random", "mlp")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How MetaSchedule searches (see the module docstring)."""
+
+    strategy: str = "evolutionary"
+    cost_model: str = "xgboost"
+    #: the evolutionary search's population per round (MetaSchedule's default 512; small values make
+    #: tiny runs fast, as the tests do)
+    population: int = 512
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"search strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(f"cost model {self.cost_model!r}: expected one of {', '.join(COST_MODELS)}")
+        if self.population < 1:
+            raise ValueError(f"population must be >= 1, got {self.population}")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+
+    def make_strategy(self) -> ms.search_strategy.SearchStrategy:
+        if self.strategy == "replay-trace":
+            return ms.search_strategy.ReplayTrace()
+        if self.strategy == "replay-func":
+            return ms.search_strategy.ReplayFunc()
+        return ms.search_strategy.EvolutionarySearch(population_size=self.population,
+                                                     init_min_unmeasured=min(50, self.population))
+
+    def make_cost_model(self, workers: int) -> ms.cost_model.CostModel:
+        if self.cost_model == "random":
+            return ms.cost_model.RandomModel(seed=self.seed)
+        if self.cost_model == "mlp":
+            from tvm.s_tir.meta_schedule.cost_model.mlp_model import MLPModel
+            return MLPModel()
+        return ms.cost_model.XGBModel(num_tuning_cores=workers)
+
+    def rand_state(self, offset: int = 0) -> int:
+        """The TuneContext's random state: -1 (from the clock) without a seed."""
+        return -1 if self.seed is None else self.seed + offset
+
+    def describe(self) -> str:
+        model = f", {self.cost_model} cost model" if self.strategy == "evolutionary" else ""
+        population = f", population {self.population}" if self.strategy == "evolutionary" else ""
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        return f"{self.strategy} search{model}{population}{seed}"
+
+
+__all__ = ["SearchSettings", "STRATEGIES", "COST_MODELS"]
