@@ -55,6 +55,7 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
 
 class CpuDepthwise(ScheduleRule):
     name = "cpu-depthwise"
+    version = 2             # 2: planes 1.5-2 registers wide take whole rows x 2 rows
 
     def apply(self, func, workload, target):
         spec = workload.spec
