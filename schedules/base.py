@@ -23,6 +23,8 @@ class Workload:
     epilogue: Tuple[str, ...] = ()
     #: what the kernel computes (``compiler.request.OPERATORS``): "forward", "weight_grad", "pad_grad"
     operator: str = "forward"
+    #: a float32 request computed with TF32 operands (the compute rounds them): tensor cores may serve
+    tf32: bool = False
 
 
 def _accumulator_bits(workload: Workload) -> int:
