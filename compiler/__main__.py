@@ -3,7 +3,8 @@
 ``python -m compiler bench [--csv F] [--json F] [--layer L --input-shape N,C,H,W | --layers-file F]``
 ``python -m compiler tune (--layer L --input-shape N,C,H,W | --layers-file F | --suite) [--target T]
                           [--trials N] [--work-dir DIR] [--rpc-tracker HOST:PORT --rpc-key KEY]
-                          [--strategy S] [--cost-model M] [--population P] [--seed S]``
+                          [--strategy S] [--cost-model M] [--population P] [--seed S]
+                          [--space ours|generic|both] [--plot]``
 ``python -m compiler build --layer L --input-shape N,C,H,W [--target T] --out DIR``
 ``python -m compiler space --layer L --input-shape N,C,H,W [--target T] [--space ours|generic|both]``
 ``python -m compiler report DB [--target T]``
@@ -30,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .search import COST_MODELS, STRATEGIES
-from .space import SPACES
+from .search import COST_MODELS, SPACES, STRATEGIES
 
 DEBUG_ENV = "TVM_CONV_DEBUG"
 USAGE_STATUS = 2            # argparse's convention for bad command lines
@@ -424,7 +424,7 @@ def _run(job: Prepared, args) -> None:
                    work_dir=args.work_dir, fuse=not args.no_fuse, trials_per_iter=args.trials_per_iter,
                    rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed, verbose=args.verbose,
                    final_check=args.final_check, population=args.population, strategy=args.strategy,
-                   cost_model=args.cost_model, plot=args.plot)
+                   cost_model=args.cost_model, space=args.space, plot=args.plot)
     elif job.command == "build" and job.models:
         from . import zoo
         from .model_export import export_model
@@ -447,7 +447,7 @@ def _run(job: Prepared, args) -> None:
                          work_dir=args.work_dir, dtype=job.dtype, trials_per_iter=args.trials_per_iter,
                          rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, seed=args.seed,
                          verbose=args.verbose, final_check=args.final_check, population=args.population,
-                         strategy=args.strategy, cost_model=args.cost_model, plot=args.plot)
+                         strategy=args.strategy, cost_model=args.cost_model, space=args.space, plot=args.plot)
     elif job.command == "report":
         from .report import format_report, report
         print(format_report(report(args.database, job.target), args.database, job.target), end="")
@@ -526,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MetaSchedule's search strategy (default evolutionary)")
     tune.add_argument("--cost-model", default="xgboost", choices=COST_MODELS,
                       help="the evolutionary search's cost model (default xgboost)")
+    tune.add_argument("--space", default="both", choices=SPACES, help="design spaces searched: ours (the "
+                      "hand-written rule's, its tiles as decisions around the hand choice), generic "
+                      "(MetaSchedule's) or both (default)")
     tune.add_argument("--final-check", type=int, default=3, help="re-measure the hand schedule and this "
                       "many best records side by side at the end (0: skip)")
     tune.add_argument("--plot", action="store_true", help="also draw each curve JSON as a PNG beside it "

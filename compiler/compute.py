@@ -1,7 +1,8 @@
 """Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family,
 and of their gradient kernels (weight, padded input folded back, bias).
 
-Nothing here knows about targets or schedules.  Every function takes a :class:`KernelRequest` and
+Nothing here knows about targets or schedules (a TF32 request's operands are rounded by
+``targets.cuda.round_to_tf32``, the one definition of that number format).  Every function takes a :class:`KernelRequest` and
 returns the TE tensors ``[input, weight, (bias,) (residual,) output]`` in kernel-argument order;
 stage names are fixed so that schedules can find them: ``pad`` (conv2d only, the padding mode as an
 index map), ``conv`` (the reduction, in the accumulation dtype) and ``output`` (bias, the request's
@@ -15,12 +16,21 @@ from typing import List, Sequence
 
 from tvm import te, tirx
 
+from targets.cuda import round_to_tf32
+
 from .request import ADD, FORWARD, PAD_GRAD, WEIGHT_GRAD, Epilogue, KernelRequest
 from .spec import ConvSpec
 
 #: Half-precision types accumulate in float32 (as cuDNN / oneDNN do); the rest in their own type.
 ACCUMULATE_DTYPE = {"float16": "float32", "bfloat16": "float32", "float32": "float32",
                     "float64": "float64"}
+
+
+def _operand(value, acc: str, tf32: bool):
+    """A product's operand in the accumulation type; for a TF32 request rounded to TF32 as NVIDIA's
+    tensor cores take it (``round_to_tf32``: the product of two TF32 values is exact in float32)."""
+    value = value.astype(acc)
+    return round_to_tf32(value) if tf32 else value
 
 
 def _pad_index(i, before: int, size: int, mode: str):
@@ -168,8 +178,8 @@ def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     conv = te.compute(
         (input_shape[0], spec.out_channels, oh_size, ow_size),
         lambda n, co, oh, ow: te.sum(
-            p[n, co // opg * cpg + rc, oh * sh + rh * dh, ow * sw + rw * dw].astype(acc)
-            * w[co, rc, rh, rw].astype(acc), axis=[rc, rh, rw]),
+            _operand(p[n, co // opg * cpg + rc, oh * sh + rh * dh, ow * sw + rw * dw], acc, request.tf32)
+            * _operand(w[co, rc, rh, rw], acc, request.tf32), axis=[rc, rh, rw]),
         name="conv")
     return _finish(request, x, w, b, conv)
 
@@ -246,7 +256,8 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
         ih = qh + row_offset(ph, pt, sh, kh, dh) + mt
         iw = qw + row_offset(pw, pl, sw, kw, dw) + ml
         ci = co // opg * cpg + rc
-        prod = xp[nn_, ci, ih, iw].astype(acc) * wp[ci, tirx.floormod(co, opg), kh, kw].astype(acc)
+        prod = _operand(xp[nn_, ci, ih, iw], acc, request.tf32) * \
+            _operand(wp[ci, tirx.floormod(co, opg), kh, kw], acc, request.tf32)
         # A phase that no tap reaches (possible only when gcd(s, d) > 1) stays zero.
         conds = ([tirx.floormod(rph, gh) == 0] if gh > 1 else []) + \
                 ([tirx.floormod(rpw, gw) == 0] if gw > 1 else [])

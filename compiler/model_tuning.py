@@ -26,6 +26,7 @@ from targets import TargetLike, resolve
 from targets.cpu import usable_cores
 
 from . import build, curves, records
+from . import space as design_space
 from .conversion import convert, converted_layers
 from .request import KernelRequest
 from .search import SearchSettings
@@ -143,7 +144,7 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
                work_dir=None, fuse: bool = True, trials_per_iter: int = 16, rpc_tracker: Optional[str] = None,
                rpc_key: Optional[str] = None, seed: Optional[int] = None, final_check: int = 1,
                population: int = 512, out=None, verbose: bool = False, strategy: str = "evolutionary",
-               cost_model: str = "xgboost", plot: bool = False) -> ModelTuneResult:
+               cost_model: str = "xgboost", space: str = "both", plot: bool = False) -> ModelTuneResult:
     """Tune every conv workload of ``model`` on ``example_inputs`` into the target's database.
 
     ``trials``: the budget for the whole model (search records already in the database count, so a
@@ -153,7 +154,7 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
     records up.
     """
     out = out or sys.stdout
-    settings = SearchSettings(strategy, cost_model, population, seed)
+    settings = SearchSettings(strategy, cost_model, population, seed, space)
     if plot:
         curves.require_matplotlib()
     start = time.perf_counter()
@@ -181,7 +182,8 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
                       f"trials to run ({sum(t.distinct_searched for t in tasks)} already in the database)\n")
             if remaining:
                 with _metaschedule_logging(verbose):
-                    contexts = [ms.TuneContext(mod=t.mod, target=target, space_generator="post-order-apply",
+                    contexts = [ms.TuneContext(mod=t.mod, target=target,
+                                               space_generator=design_space.generator(t.request, target, space),
                                                search_strategy=settings.make_strategy(),
                                                task_name=f"task{i}", rand_state=settings.rand_state(i),
                                                num_threads=workers).clone() for i, t in enumerate(tasks)]

@@ -233,7 +233,7 @@ def unmarked_key(trace) -> str:
                          if inst[0] == "GetSBlock" and inst[2][0] == "root" and set(inst[3]) <= blocks}
     kept = [inst for i, inst in enumerate(insts) if i not in drop]
     shift = lambda index: index - sum(1 for d in drop if d < index)  # noqa: E731
-    return json.dumps([kept, [[shift(i), d] for i, d in decisions]], sort_keys=True, default=_plain)
+    return json.dumps([kept, [[shift(int(i)), d] for i, d in decisions]], sort_keys=True, default=_plain)
 
 
 def samples(trace) -> int:

@@ -53,8 +53,10 @@ class Epilogue:
 @dataclass(frozen=True, eq=False)
 class KernelRequest:
     """One kernel: layer (``spec.transposed`` picks the family), batched NCHW input shape of the
-    layer's forward, dtype, the transposed layer's output padding for this call, layout, epilogue
-    and operator (``OPERATORS``: the forward pass or a gradient kernel of the layer).
+    layer's forward, dtype, the transposed layer's output padding for this call, layout, epilogue,
+    operator (``OPERATORS``: the forward pass or a gradient kernel of the layer) and ``tf32``: a
+    float32 forward whose products take TF32 operands (NVIDIA tensor cores' float32 mode, what torch's
+    cuDNN convolutions do while ``torch.backends.cudnn.allow_tf32`` is on), not exact float32.
 
     Equality and hashing go through :attr:`key`, which holds the layer's resolved form (``'same'``
     and its explicit pads are one request)."""
@@ -66,6 +68,7 @@ class KernelRequest:
     layout: str = "NCHW"
     epilogue: Epilogue = field(default_factory=Epilogue)
     operator: str = FORWARD
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -82,6 +85,8 @@ class KernelRequest:
             raise ValueError(f"operator {self.operator!r} is not one of {OPERATORS}")
         if self.operator != FORWARD and self.epilogue.steps:
             raise ValueError(f"a {self.operator} kernel has no epilogue (got {self.epilogue})")
+        if self.tf32 and (self.dtype != "float32" or self.operator != FORWARD):
+            raise ValueError(f"TF32 is a mode of float32 forward kernels, not of a {self.dtype} {self.operator} one")
 
     @property
     def op(self) -> str:
@@ -97,8 +102,9 @@ class KernelRequest:
 
     @functools.cached_property
     def key(self) -> tuple:
+        # exact float32 requests keep the key they had before TF32 existed
         return (self.op, self.spec.forward_key(), self.input_shape, self.dtype, self.output_padding,
-                self.layout, self.epilogue.steps)
+                self.layout, self.epilogue.steps) + (("tf32",) if self.tf32 else ())
 
     def __eq__(self, other) -> bool:
         return isinstance(other, KernelRequest) and self.key == other.key
@@ -107,7 +113,8 @@ class KernelRequest:
         return hash(self.key)
 
     def describe(self) -> str:
-        """``Conv2d(...) on 1x64x56x56 float32`` (and the epilogue when there is one)."""
+        """``Conv2d(...) on 1x64x56x56 float32`` (TF32 and the epilogue when there are)."""
         text = f"{self.spec.describe()} on {'x'.join(map(str, self.input_shape))} {self.dtype}"
+        text += " (TF32)" if self.tf32 else ""
         text += f" then {self.epilogue}" if self.epilogue.steps else ""
         return text if self.operator == FORWARD else f"{self.operator} of {text}"

@@ -20,8 +20,7 @@ from tvm.target import Target
 
 from . import build
 from .request import KernelRequest
-
-SPACES = ("ours", "generic", "both")
+from .search import SPACES
 
 
 def ours(request: KernelRequest, target: Target) -> ms.space_generator.ScheduleFn:

@@ -28,6 +28,7 @@ from targets.cpu import usable_cores
 from targets.cuda import local_arch
 
 from . import build, curves, metaschedule_startup, progress, records
+from . import space as design_space
 from .layers import request_of
 from .search import SearchSettings
 
@@ -144,7 +145,8 @@ def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike 
          work_dir=None, *, dtype: str = "float32", output_padding=None, trials_per_iter: int = 16,
          rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, seed: Optional[int] = None,
          out=None, verbose: bool = False, final_check: int = 3, population: int = 512,
-         strategy: str = "evolutionary", cost_model: str = "xgboost", plot: bool = False) -> TuneResult:
+         strategy: str = "evolutionary", cost_model: str = "xgboost", space: str = "both",
+         plot: bool = False) -> TuneResult:
     """Tune ``layer`` (a Conv2d/ConvTranspose2d of ours or torch's, or its text) for ``input_shape``,
     or a :class:`~compiler.request.KernelRequest` (which holds its shape, dtype and epilogue).
 
@@ -154,11 +156,13 @@ def tune(layer, input_shape: Optional[Sequence[int]] = None, target: TargetLike 
     MetaSchedule's own log goes to ``<run folder>/logs`` (and to stdout too with ``verbose``).
     ``final_check``: how many of the best search records to re-measure beside the hand schedule
     at the end (0: none).  ``strategy``, ``cost_model``, ``population``, ``seed``: the search
-    (:class:`compiler.search.SearchSettings`: evolutionary, replay-trace or replay-func; xgboost,
-    random or mlp; a seed repeats the search's choices).  Each call writes a curve JSON
+    (:class:`compiler.search.SearchSettings`: evolutionary, replay-trace or replay-func; xgboost
+    or random; a seed repeats the search's choices).  ``space``: the design spaces searched,
+    ``ours`` (the hand-written rule's, its tiles as decisions around the hand choice), ``generic``
+    (MetaSchedule's) or ``both``.  Each call writes a curve JSON
     (:mod:`compiler.curves`) into the run folder, and with ``plot`` its PNG (needs matplotlib).
     """
-    settings = SearchSettings(strategy, cost_model, population, seed)
+    settings = SearchSettings(strategy, cost_model, population, seed, space)
     if plot:
         curves.require_matplotlib()
     out = out or sys.stdout
@@ -280,6 +284,7 @@ def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, set
                             num_trials_per_iter=min(trials_per_iter, remaining), builder=builder,
                             runner=runner, database=writer, strategy=settings.make_strategy(),
                             cost_model=settings.make_cost_model(workers),
+                            space=design_space.generator(request, target, settings.space),
                             measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                             + [counter], num_tuning_cores=workers, seed=settings.seed)
             if getattr(out, "isatty", lambda: False)():

@@ -23,6 +23,8 @@ class Workload:
     epilogue: Tuple[str, ...] = ()
     #: what the kernel computes (``compiler.request.OPERATORS``): "forward", "weight_grad", "pad_grad"
     operator: str = "forward"
+    #: a float32 request computed with TF32 operands (the compute rounds them): tensor cores may serve
+    tf32: bool = False
 
 
 def _accumulator_bits(workload: Workload) -> int:
@@ -139,6 +141,19 @@ def schedule_pad(sch: s_tir.Schedule, workload: Workload, by_rows: bool = False)
     sch.parallel(sch.fuse(pn, pc, ph) if by_rows else sch.fuse(pn, pc))
     if workload.spec.padding_mode == "zeros":
         vectorize_if_wide(sch, pw)
+
+
+def tunable_split(sch: s_tir.Schedule, loop, tile: int, max_tile: int):
+    """Split ``loop`` into ``[outer, tile]`` as a MetaSchedule decision: ``sample_perfect_tile`` into
+    two, the hand choice ``[extent / tile, tile]`` its default and inner tiles up to ``max_tile`` its
+    range, so a search in the rule's design space (``tune --space ours``) tries other tiles around
+    it.  A tile that does not divide the extent stays a fixed split (the search's tiles are perfect)."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tirx.IntImm) or int(extent) % tile or tile > max_tile:
+        return sch.split(loop, factors=[None, tile])
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_tile,
+                                      decision=[int(extent) // tile, tile])
+    return sch.split(loop, factors=factors)
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

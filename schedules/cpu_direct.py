@@ -13,7 +13,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, registers_per_vector, schedule_pad, vectorize_if_wide
+from .base import (ScheduleRule, accumulator_lanes, registers_per_vector, schedule_pad, tunable_split,
+                   vectorize_if_wide)
 
 
 @dataclass(frozen=True)
@@ -53,26 +54,30 @@ def vector_registers(workload, target) -> int:
 
 class CpuDirect(ScheduleRule):
     name = "cpu-direct"
+    #: 2: the channel and column tiles are sampling decisions (their hand values the defaults)
+    version = 2
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or workload.spec.transposed:
             return None
         lanes = accumulator_lanes(workload, target)
         _, out_channels, _, out_width = workload.output_shape
-        cfg = choose_config(out_channels, out_width, lanes, vector_registers(workload, target))
+        registers = vector_registers(workload, target)
+        cfg = choose_config(out_channels, out_width, lanes, registers)
 
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. Materialise the padded input once, in parallel.
         schedule_pad(sch, workload)
         # Step 2. Tile output channels and columns; the reduction runs around the register tile.
+        # Both tiles are the design space's decisions (a search tries register-file-sized others).
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
-        co_o, co_i = sch.split(co, factors=[None, cfg.co_tile])
-        ow_o, ow_i = sch.split(ow, factors=[None, cfg.ow_tile])
+        co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
+        ow_o, ow_i = tunable_split(sch, ow, cfg.ow_tile, max_tile=2 * lanes)
         sch.reorder(n, co_o, oh, ow_o, rc, rh, rw, co_i, ow_i)
         sch.parallel(sch.fuse(n, co_o, oh))
         # Step 3. The epilogue (bias, cast) writes each tile as soon as it is complete.
-        sch.reverse_compute_at(out, ow_o)
+        sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")
         # Step 4. Vectorise columns, unroll channels (vectorise before decompose_reduction).
         vectorize_if_wide(sch, ow_i)

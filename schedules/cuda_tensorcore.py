@@ -13,7 +13,10 @@ Per thread block: ``block_m x block_n`` outputs, ``warps_m x warps_n`` warps eac
 ``frags_m x frags_n`` 16x16 float32 accumulator fragments.  The reduction runs in chunks of
 ``chunk_k``; per chunk the block stages A and B in shared memory (``shared.dyn``), then each warp
 loads its 16x16 fragments with ``ldmatrix`` and multiplies them with two ``mma.sync.m16n8k16``
-per 16x16x16 step (our intrinsics for float16 and bfloat16: ``tensor_intrinsics.py``).
+per 16x16x16 step (our intrinsics for float16 and bfloat16: ``tensor_intrinsics.py``).  A float32
+request with ``tf32`` (torch's default for cuDNN convolutions; its compute rounds the products'
+operands to TF32) stages float32 chunks, loads fragments per lane with ``cvt.rna.tf32.f32`` and
+multiplies with four ``mma.sync.m16n8k8`` TF32 per step.
 
 No software pipeline (cp.async, multi-buffered stages, fragment prefetch): the project's build
 does not enable TVM's ``tirx.use_async_copy``, so the copies would be synchronous anyway, and the
@@ -25,8 +28,8 @@ The accumulators go through shared memory (float32, reusing the staging space) t
 activations) and the cast are applied there and written coalesced to NCHW.  The transposed form's
 phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does).
 
-Declines (``cuda-direct`` serves): float32/float64 (no TF32: it is not float32 arithmetic),
-architectures before sm_80, fewer than 16 channels per group on either side (depthwise layers),
+Declines (``cuda-direct`` serves): exact float32 and float64 (the tensor cores have no such
+arithmetic), architectures before sm_80, fewer than 16 channels per group on either side (depthwise layers),
 GEMMs with fewer than 16 rows, and transposed layers whose stride and dilation share a factor
 (phases without taps: the product is guarded, not a plain multiply-add).
 """
@@ -39,17 +42,24 @@ from typing import Optional, Tuple
 from tvm import s_tir
 from tvm.tirx import IndexMap
 
+from targets.cuda import arch_number
+
 from .base import ScheduleRule, has_block
 from .gpu_verify import first_verified
-from .tensor_intrinsics import FRAGMENT_SCOPE, PTX_TYPE, fragment_layout, intrinsics
+from .tensor_intrinsics import FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
 
 #: mma.sync fragments are 16x16 (TVM's intrinsics issue two m16n8k16 per 16x16x16 step)
 FRAGMENT = 16
 #: Lanes of a warp (ldmatrix and mma.sync are warp-wide); checked against the target's warp size.
 WARP = 32
-#: Elements of skew per staged row: rows of 16-bit data then start 16 bytes apart mod 128, so the
-#: 8 row addresses of an ldmatrix phase hit distinct bank groups (as dlight's ``storage_align``).
-SKEW = 8
+#: Elements of skew per staged row of A (``[k, m]``) and B (``[n, k]``), by element size.  16-bit rows
+#: then start 16 bytes apart mod 128, so the 8 row addresses of an ldmatrix phase hit distinct bank
+#: groups (as dlight's ``storage_align``).  TF32 fragments are read by each lane (g, t) = (lane // 4,
+#: lane % 4) from A's row t at column g and from B's row g at column t (``tf32_layouts``): rows 8
+#: words apart (A) and 4 words apart (B) put a warp's 32 reads in 32 banks.
+SKEWS = {2: (8, 8), 4: (8, 4)}
+#: Bytes of one global-to-shared vector load (``LDG.128``)
+VECTOR_BYTES = 16
 #: Row stride of the float32 accumulator tile in shared memory: ``1 (mod 32)`` words, so that the
 #: epilogue's threads, reading down a column (consecutive pixels of one channel), hit 32 banks.
 ACC_ROW_OFFSET = 1
@@ -78,6 +88,7 @@ class Config:
     frags_m: int       # 16x16 accumulator fragments per warp along M
     frags_n: int       # ... along N
     chunk_k: int       # reduction staged in shared memory per step (multiple of 16)
+    element_bytes: int = 2   # of the staged operands: 2 (float16, bfloat16) or 4 (float32 for TF32)
 
     @property
     def block_m(self) -> int:
@@ -92,10 +103,16 @@ class Config:
         return self.warps_m * self.warps_n * WARP
 
     @property
+    def skews(self) -> Tuple[int, int]:
+        return SKEWS[self.element_bytes]
+
+    @property
     def staged_bytes(self) -> int:
-        """The A ``[chunk_k, block_m]`` and B ``[block_n, chunk_k]`` chunks of 16-bit elements, rows
-        padded by ``storage_align``."""
-        return 2 * (self.chunk_k * _aligned(self.block_m, SKEW) + self.block_n * _aligned(self.chunk_k, SKEW))
+        """The A ``[chunk_k, block_m]`` and B ``[block_n, chunk_k]`` chunks, rows padded by
+        ``storage_align``."""
+        skew_a, skew_b = self.skews
+        return self.element_bytes * (self.chunk_k * _aligned(self.block_m, skew_a)
+                                     + self.block_n * _aligned(self.chunk_k, skew_b))
 
     @property
     def accumulator_bytes(self) -> int:
@@ -133,13 +150,14 @@ def _chunk(k: int) -> int:
     return FRAGMENT if tiles < 8 else 2 * FRAGMENT
 
 
-def choose_config(gemm: Gemm, target) -> Optional[Config]:
+def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config]:
     """Up to 2x2 warps (128 threads: 4 warps keep the tensor cores of an SM partition fed while
     each has 8-12 accumulator fragments), each with the most fragments (up to 4x4: 64 pixels x
     64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a thread may hold at this
     block size (target's ``registers_per_block``, at most 255 per thread), pad neither GEMM axis by
-    more than an eighth, and fit the target's ``max_shared_memory_per_block``; more channels than
-    pixels per warp on a tie (an A row staged serves more of them).  None if nothing fits."""
+    more than an eighth, and fit the target's ``max_shared_memory_per_block`` with operands of
+    ``element_bytes``; more channels than pixels per warp on a tie (an A row staged serves more of
+    them).  None if nothing fits."""
     m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
     warps_m = 2 if m_tiles >= 4 else 1
     warps_n = 2 if n_tiles >= 4 else 1
@@ -148,7 +166,7 @@ def choose_config(gemm: Gemm, target) -> Optional[Config]:
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
     limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
     for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)}, reverse=True):
-        fitting = [Config(warps_m, warps_n, fm, fn, chunk)
+        fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes)
                    for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
                    if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
                    and _little_waste(n_tiles, warps_n, fn)]
@@ -170,11 +188,6 @@ def _smaller(config: Config) -> Optional[Config]:
     return None
 
 
-def _arch(target) -> int:
-    arch = str(target.attrs.get("arch", ""))
-    return int(arch[3:].rstrip("a")) if arch.startswith("sm_") else 0
-
-
 def gemm_of(sch: s_tir.Schedule, spec) -> Tuple[Gemm, IndexMap]:
     """The GEMM view of the ``conv`` block: its shape and the map from the block's iterators
     ``(n, co, [ph, pw,] h, w, rc, rh, rw)`` to ``(g, [ph, pw,] m, n, k)``."""
@@ -194,11 +207,19 @@ def _swap_last(ndim: int) -> IndexMap:
     return IndexMap.from_func(lambda *i: (*i[:-2], i[-1], i[-2]), ndim=ndim, index_dtype="int32")
 
 
-def _fragment_map(ndim: int) -> IndexMap:
-    """``[..., r, c]`` -> ``[..., r/16, c/16, lane, element]``: the mma fragment layout per 16x16 tile."""
+def _fragment_map(ndim: int, layout=fragment_layout) -> IndexMap:
+    """``[..., r, c]`` -> ``[..., r/16, c/16, lane, element]``: the mma fragment ``layout`` per 16x16 tile."""
     return IndexMap.from_func(lambda *i: (*i[:-2], i[-2] // FRAGMENT, i[-1] // FRAGMENT,
-                                          *fragment_layout(i[-2] % FRAGMENT, i[-1] % FRAGMENT)),
+                                          *layout(i[-2] % FRAGMENT, i[-1] % FRAGMENT)),
                               ndim=ndim, index_dtype="int32")
+
+
+def operand_type(workload) -> Optional[str]:
+    """The mma operands of ``workload``: its half type, ``TF32`` for a float32 request that allows
+    TF32, None for anything else (exact float32 and float64 stay off the tensor cores)."""
+    if workload.tf32:
+        return TF32 if workload.dtype == "float32" else None
+    return workload.dtype if workload.dtype in PTX_TYPE else None
 
 
 def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
@@ -210,9 +231,10 @@ class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
 
     def apply(self, func, workload, target):
-        if str(target.kind.name) != "cuda" or _arch(target) < 80:
+        if str(target.kind.name) != "cuda" or arch_number(target) < 80:
             return None
-        if workload.dtype not in PTX_TYPE or int(target.attrs.get("thread_warp_size", WARP)) != WARP:
+        operands = operand_type(workload)
+        if operands is None or int(target.attrs.get("thread_warp_size", WARP)) != WARP:
             return None
         spec = workload.spec
         if min(spec.in_channels, spec.out_channels) // spec.groups < FRAGMENT:
@@ -222,8 +244,9 @@ class CudaTensorCore(ScheduleRule):
         gemm, _ = gemm_of(s_tir.Schedule(func), spec)
         if gemm.m < FRAGMENT:
             return None
-        return first_verified(choose_config(gemm, target), lambda c: self.schedule(func, workload, c), _smaller,
-                              target)
+        element_bytes = 4 if STORAGE[operands] == "float32" else 2
+        return first_verified(choose_config(gemm, target, element_bytes), lambda c: self.schedule(func, workload, c),
+                              _smaller, target)
 
     @staticmethod
     def schedule(func, workload, config: Config) -> s_tir.Schedule:
@@ -232,7 +255,8 @@ class CudaTensorCore(ScheduleRule):
         the CPU emulation in the tests runs)."""
         sch = s_tir.Schedule(func)
         spec = workload.spec
-        names = intrinsics(workload.dtype)
+        operands = operand_type(workload)
+        names = intrinsics(operands)
         conv = sch.get_sblock("conv")
         # Step 1. View the convolution as batched GEMMs C[.., m, n] += A[.., k, m] * B[.., n, k]:
         # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
@@ -271,8 +295,9 @@ class CudaTensorCore(ScheduleRule):
         # Step 4. Stage A and B chunks in shared memory with all threads; the reindex, GEMM padding
         # and convolution padding blocks are inlined into these copies.
         warps = config.warps_m * config.warps_n
-        a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=1)
-        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config))
+        skew_a, skew_b = config.skews
+        a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=1, skew=skew_a)
+        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config), skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
         # Step 5. Warp fragments: loaded per mma step, accumulated in registers, written back to a
@@ -289,8 +314,10 @@ class CudaTensorCore(ScheduleRule):
         store = sch.blockize(_split_fragments(sch, acc))
         sch.storage_align(store, 0, axis=-2, factor=WARP, offset=ACC_ROW_OFFSET)
         init = sch.decompose_reduction(tile, k_chunk)
-        for block, kind in ((a_frag, "write"), (b_frag, "write"), (acc, "read")):
-            sch.transform_layout(block, (kind, 0), _fragment_map(_ndim(sch, block, kind)))
+        a_layout, b_layout = layouts(operands)
+        for block, kind, layout in ((a_frag, "write", a_layout), (b_frag, "write", b_layout),
+                                    (acc, "read", fragment_layout)):
+            sch.transform_layout(block, (kind, 0), _fragment_map(_ndim(sch, block, kind), layout))
         for loop in (m_inner, n_inner, *sch.get_loops(init)[-2:]):
             sch.unroll(loop)
         # Step 6. The epilogue: bias, residual, activations and cast per output, threads along M
@@ -324,19 +351,21 @@ def _epilogue(sch: s_tir.Schedule, spec):
 
 
 def _weight_vector(spec, config: Config) -> int:
-    """Elements per vector load of the weight: 8 (16 bytes) when every row of K starts aligned."""
+    """Elements per vector load of the weight: ``VECTOR_BYTES`` when every row of K starts aligned,
+    else the widest power of two that keeps them aligned."""
     k = spec.in_channels // spec.groups * spec.kernel_size[0] * spec.kernel_size[1]
     if spec.transposed:
         return 1        # [ci, co, kh, kw]: the phase's taps are not contiguous
-    for lanes in (8, 4, 2):
-        if k % lanes == 0 and config.chunk_k % lanes == 0:
-            return lanes
-    return 1
+    lanes = VECTOR_BYTES // config.element_bytes
+    while lanes > 1 and (k % lanes or config.chunk_k % lanes):
+        lanes //= 2
+    return lanes
 
 
-def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector: int):
+def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector: int, skew: int):
     """Copy operand ``operand`` of ``tile`` into shared memory per reduction chunk, all threads
-    taking ``vector`` consecutive elements of the innermost axis in turn."""
+    taking ``vector`` consecutive elements of the innermost axis in turn; rows ``skew`` apart
+    modulo 32 elements (``SKEWS``)."""
     block = sch.cache_read(tile, operand, "shared.dyn")
     sch.compute_at(block, k_chunk)
     loops = sch.get_loops(block)
@@ -351,7 +380,7 @@ def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector:
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
-    sch.storage_align(block, 0, axis=-2, factor=WARP, offset=SKEW)
+    sch.storage_align(block, 0, axis=-2, factor=WARP, offset=skew)
     return block
 
 

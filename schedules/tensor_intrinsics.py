@@ -26,9 +26,17 @@ each lane's row into 8 registers around the PTX instruction (``ldmatrix``, ``mma
 removes the copies.
 
 Only what the convolution uses is made: both operands "transposed" (A staged as ``[k, m]``, B as
-``[n, k]``), shared memory ``shared.dyn``, float32 accumulators.  TF32 (float32 inputs,
-m16n8k8) is not provided: ldmatrix cannot load 32-bit elements in these layouts, and TF32 rounds
-the inputs to 10 mantissa bits, which is not the float32 convolution the modules promise.
+``[n, k]``), shared memory ``shared.dyn``, float32 accumulators.
+
+TF32 (a float32 request with ``tf32``: ``mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32``, four per
+16x16x16 step).  ``ldmatrix`` moves 16-bit elements: ``.trans`` would split a 32-bit element of
+A's ``[k, m]`` tile, so each lane loads its 8 elements of a tile with plain shared-memory loads, in
+the PTX fragment layouts of m16n8k8 (``tf32_layouts``; the accumulator's is the same as m16n8k16's).
+The descriptions round each operand with ``targets.cuda.round_to_tf32`` inside the multiply-add,
+as the compute of a TF32 request does.  The implementations round once per fragment element instead
+of once per use: the loads convert (``cvt.rna.tf32.f32``) and the mma takes the converted values.
+The loads' implementations so store rounded values where their descriptions copy; that is exact
+for the pair because these fragments feed only the TF32 mma and rounding twice is rounding once.
 """
 from __future__ import annotations
 
@@ -39,14 +47,20 @@ from tvm.runtime import convert
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from targets.cuda import round_to_tf32
+
 #: one warp-wide fragment: a 16x16 tile held as 8 elements in each of 32 lanes
 WARP, LOCAL, TILE = 32, 8, 16
 #: where fragments live (see the module docstring for why not TVM's "warp")
 FRAGMENT_SCOPE = "local"
-#: element types -> PTX spelling of the mma operands (``ptx_legacy.mma``'s names) and the short
-#: spelling in our intrinsics' names
-PTX_TYPE = {"float16": "fp16", "bfloat16": "bf16"}
-SHORT = {"float16": "f16", "bfloat16": "bf16"}
+#: the operand type of float32 requests computed on TF32 tensor cores
+TF32 = "tf32"
+#: operand types (the layer's dtype, or ``"tf32"`` for a TF32 float32 request) -> PTX spelling of the
+#: mma operands (``ptx_legacy.mma``'s names) and the short spelling in our intrinsics' names
+PTX_TYPE = {"float16": "fp16", "bfloat16": "bf16", TF32: "tf32"}
+SHORT = {"float16": "f16", "bfloat16": "bf16", TF32: "tf32"}
+#: the type a fragment of each operand type holds in registers
+STORAGE = {"float16": "float16", "bfloat16": "bfloat16", TF32: "float32"}
 
 
 def fragment_layout(i, j):
@@ -61,20 +75,47 @@ def tile_position(lane, element):
     return 8 * (element % 4 // 2) + lane // 4, 8 * (element // 4) + (lane % 4) * 2 + element % 2
 
 
-def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
-    """(desc, impl) loading a 16x16 tile of a transposed operand (A as [k, m], B as [n, k]) from
-    shared memory into a fragment: TVM's ``get_ldmatrix_intrin(16, dtype, operand, True)``."""
-    transpose_in_ldmatrix = operand == "A"      # A is [k, m]: ldmatrix.trans; B is [n, k]: plain
-    half = convert(WARP // 2)
+def tf32_layouts():
+    """(A, B): the (lane, element) of each element of a staged 16x16 tile (A's ``[k, m]``, B's
+    ``[n, k]``) in the fragments of ``mma.sync.m16n8k8`` with ``.tf32`` operands (PTX ISA, "Matrix
+    Fragments for mma.m16n8k8"): with ``g = lane // 4`` and ``t = lane % 4``, A's registers a0..a3
+    hold (m, k) = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4) and B's b0, b1 hold (k, n) =
+    (t, g), (t + 4, g).  Elements ``4h .. 4h + 3`` are A's registers for the K half ``h``; elements
+    ``4h + 2c``, ``4h + 2c + 1`` B's for the K half ``h`` and the N half ``c``."""
+    def a(k, m):
+        return 4 * (m % 8) + k % 4, 4 * (k // 8) + 2 * ((k % 8) // 4) + m // 8
 
-    def smem_offset(tx, stride):
-        return stride * 8 * (tx // half) + stride * (tx % 8) + 8 * ((tx % half) // 8)
+    def b(n, k):
+        return 4 * (n % 8) + k % 4, 4 * (k // 8) + 2 * (n // 8) + (k % 8) // 4
+
+    return a, b
+
+
+def tf32_positions():
+    """(A, B): the inverses of :func:`tf32_layouts`, (lane, element) -> staged tile coordinates."""
+    def a(lane, element):
+        return lane % 4 + 4 * (element // 2 % 2) + 8 * (element // 4), lane // 4 + 8 * (element % 2)
+
+    def b(lane, element):
+        return lane // 4 + 8 * (element // 2 % 2), lane % 4 + 4 * (element % 2) + 8 * (element // 4)
+
+    return a, b
+
+
+def layouts(operand_type: str):
+    """(A, B) fragment layouts of ``operand_type``'s mma on the staged tiles (``PTX_TYPE``'s keys):
+    ldmatrix's for the 16-bit types, :func:`tf32_layouts` for TF32."""
+    return tf32_layouts() if operand_type == TF32 else (fragment_layout, fragment_layout)
+
+
+def _load_desc(storage: str, layout, scope: str):
+    """The description of loading a staged 16x16 tile into a fragment laid out by ``layout``."""
 
     @T.prim_func(s_tir=True)
     def desc(warp_handle: T.handle, shared_handle: T.handle) -> None:
-        shared = T.match_buffer(shared_handle, (TILE, TILE), dtype, align=64, offset_factor=TILE,
+        shared = T.match_buffer(shared_handle, (TILE, TILE), storage, align=64, offset_factor=TILE,
                                 scope=scope)
-        warp = T.match_buffer(warp_handle, (WARP, LOCAL), dtype, align=64, offset_factor=TILE,
+        warp = T.match_buffer(warp_handle, (WARP, LOCAL), storage, align=64, offset_factor=TILE,
                               scope=FRAGMENT_SCOPE)
         with T.sblock("root"):
             T.reads(shared[0:TILE, 0:TILE])
@@ -83,9 +124,21 @@ def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
                 with T.sblock("shared_warp"):
                     v0, v1 = T.axis.remap("SS", [ax0, ax1])
                     T.reads(shared[v0, v1])
-                    thread_id, local_id = T.meta_var(fragment_layout(v0, v1))
+                    thread_id, local_id = T.meta_var(layout(v0, v1))
                     T.writes(warp[thread_id, local_id])
                     warp[thread_id, local_id] = shared[v0, v1]
+
+    return desc
+
+
+def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
+    """(desc, impl) loading a 16x16 tile of a transposed operand (A as [k, m], B as [n, k]) from
+    shared memory into a fragment: TVM's ``get_ldmatrix_intrin(16, dtype, operand, True)``."""
+    transpose_in_ldmatrix = operand == "A"      # A is [k, m]: ldmatrix.trans; B is [n, k]: plain
+    half = convert(WARP // 2)
+
+    def smem_offset(tx, stride):
+        return stride * 8 * (tx // half) + stride * (tx % 8) + 8 * ((tx % half) // 8)
 
     @T.prim_func(s_tir=True)
     def impl(warp_handle: T.handle, shared_handle: T.handle) -> None:
@@ -109,19 +162,48 @@ def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
                     for i in T.unroll(LOCAL):
                         warp[tx, i] = registers[i]
 
-    return desc, impl
+    return _load_desc(dtype, fragment_layout, scope), impl
 
 
-def mma_intrin(dtype: str):
-    """(desc, impl) of C[m, n] += A[k, m] * B[n, k] on 16x16x16 fragments, float32 accumulators:
-    two ``mma.sync.m16n8k16`` (one per 8-column half of C).  TVM's
-    ``get_mma_intrin(16, dtype, dtype, "float32", True, True)``."""
-    ptx = PTX_TYPE[dtype]
+def tf32_load_intrin(operand: str, scope: str = "shared.dyn"):
+    """(desc, impl) loading a 16x16 float32 tile of A ([k, m]) or B ([n, k]) into a TF32 fragment:
+    each lane reads its 8 elements (:func:`tf32_positions`) and converts them with
+    ``cvt.rna.tf32.f32`` (see the module docstring for why the description has no rounding)."""
+    layout = tf32_layouts()["AB".index(operand)]
+    position = tf32_positions()["AB".index(operand)]
+
+    @T.prim_func(s_tir=True)
+    def impl(warp_handle: T.handle, shared_handle: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        shared = T.match_buffer(shared_handle, (TILE, TILE), "float32", align=64, offset_factor=TILE,
+                                scope=scope, strides=[s0, s1])
+        warp = T.match_buffer(warp_handle, (WARP, LOCAL), "float32", align=64, offset_factor=TILE,
+                              scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(shared[0:TILE, 0:TILE])
+            T.writes(warp[0:WARP, 0:LOCAL])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                with T.sblock("load_tf32"):
+                    T.reads(shared[0:TILE, 0:TILE])
+                    T.writes(warp[tx, 0:LOCAL])
+                    bits = T.sblock_alloc_buffer((LOCAL,), "uint32", scope="local")
+                    for i in T.unroll(LOCAL):
+                        row, col = T.meta_var(position(tx, i))
+                        T.ptx.cvt.rna.tf32.f32(bits[i], shared[row, col])
+                        warp[tx, i] = T.reinterpret("float32", bits[i])
+
+    return _load_desc("float32", layout, scope), impl
+
+
+def _mma_desc(storage: str, operand_value, a_layout, b_layout):
+    """The description of C[m, n] += A[k, m] * B[n, k] on 16x16x16 fragments, float32 accumulators,
+    each operand taken as ``operand_value`` of its stored element."""
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (WARP, LOCAL), dtype, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
-        B = T.match_buffer(b, (WARP, LOCAL), dtype, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        A = T.match_buffer(a, (WARP, LOCAL), storage, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, LOCAL), storage, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
         C = T.match_buffer(c, (WARP, LOCAL), "float32", align=64, offset_factor=TILE,
                            scope=FRAGMENT_SCOPE)
         with T.sblock("root"):
@@ -131,13 +213,22 @@ def mma_intrin(dtype: str):
                 with T.sblock("C"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, k])
                     thread_id_c, local_id_c = T.meta_var(fragment_layout(vi, vj))
-                    thread_id_a, local_id_a = T.meta_var(fragment_layout(vk, vi))
-                    thread_id_b, local_id_b = T.meta_var(fragment_layout(vj, vk))
+                    thread_id_a, local_id_a = T.meta_var(a_layout(vk, vi))
+                    thread_id_b, local_id_b = T.meta_var(b_layout(vj, vk))
                     T.reads(C[thread_id_c, local_id_c], A[thread_id_a, local_id_a],
                             B[thread_id_b, local_id_b])
                     T.writes(C[thread_id_c, local_id_c])
-                    C[thread_id_c, local_id_c] += T.Cast("float32", A[thread_id_a, local_id_a]) * \
-                        T.Cast("float32", B[thread_id_b, local_id_b])
+                    C[thread_id_c, local_id_c] += operand_value(A[thread_id_a, local_id_a]) * \
+                        operand_value(B[thread_id_b, local_id_b])
+
+    return desc
+
+
+def mma_intrin(dtype: str):
+    """(desc, impl) of C[m, n] += A[k, m] * B[n, k] on 16x16x16 fragments, float32 accumulators:
+    two ``mma.sync.m16n8k16`` (one per 8-column half of C).  TVM's
+    ``get_mma_intrin(16, dtype, dtype, "float32", True, True)``."""
+    ptx = PTX_TYPE[dtype]
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -169,7 +260,47 @@ def mma_intrin(dtype: str):
                     for i in T.unroll(LOCAL):
                         C[tx, i] = c_reg[i]
 
-    return desc, impl
+    return _mma_desc(dtype, lambda v: T.Cast("float32", v), fragment_layout, fragment_layout), impl
+
+
+def tf32_mma_intrin():
+    """(desc, impl) of C[m, n] += tf32(A[k, m]) * tf32(B[n, k]) on 16x16x16 float32 fragments: four
+    ``mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32``, one per (N half, K half).  The operands arrive
+    converted by :func:`tf32_load_intrin` (module docstring)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, LOCAL), "float32", align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, LOCAL), "float32", align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        C = T.match_buffer(c, (WARP, LOCAL), "float32", align=64, offset_factor=TILE,
+                           scope=FRAGMENT_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:WARP, 0:LOCAL], A[0:WARP, 0:LOCAL], B[0:WARP, 0:LOCAL])
+            T.writes(C[0:WARP, 0:LOCAL])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                with T.sblock("mma_tf32"):
+                    T.reads(C[tx, 0:LOCAL], A[tx, 0:LOCAL], B[tx, 0:LOCAL])
+                    T.writes(C[tx, 0:LOCAL])
+                    a_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
+                    b_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
+                    c_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
+                    for i in T.unroll(LOCAL):
+                        a_reg[i] = A[tx, i]
+                        b_reg[i] = B[tx, i]
+                        c_reg[i] = C[tx, i]
+                    # (N half 0, K half 0), (0, 1), (1, 0), (1, 1): offsets per tf32_layouts
+                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
+                                                a_reg.data, 0, b_reg.data, 0, c_reg.data, 0, False, dtype="float32"))
+                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
+                                                a_reg.data, 4, b_reg.data, 4, c_reg.data, 0, False, dtype="float32"))
+                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
+                                                a_reg.data, 0, b_reg.data, 2, c_reg.data, 4, False, dtype="float32"))
+                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
+                                                a_reg.data, 4, b_reg.data, 6, c_reg.data, 4, False, dtype="float32"))
+                    for i in T.unroll(LOCAL):
+                        C[tx, i] = c_reg[i]
+
+    return _mma_desc("float32", round_to_tf32, *tf32_layouts()), impl
 
 
 def fill_intrin():
@@ -254,18 +385,23 @@ def _accumulator_intrinsics() -> Dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def intrinsics(dtype: str) -> Dict[str, str]:
-    """The names of the mma.sync kernel's intrinsics for input type ``dtype`` (``init``, ``load_a``,
-    ``load_b``, ``compute``, ``store``), registered on first use: parsing them with TVMScript takes
-    seconds, which ``import schedules`` should not pay where no tensor-core kernel is built."""
-    short = SHORT[dtype]
-    return {
-        **_accumulator_intrinsics(),
-        "load_a": _register(f"conv_mma_ldmatrix_{short}_a_trans_dyn", ldmatrix_intrin(dtype, "A")),
-        "load_b": _register(f"conv_mma_ldmatrix_{short}_b_trans_dyn", ldmatrix_intrin(dtype, "B")),
-        "compute": _register(f"conv_mma_{short}{short}f32_trans_a_trans_b", mma_intrin(dtype)),
-    }
+def intrinsics(operand_type: str) -> Dict[str, str]:
+    """The names of the mma.sync kernel's intrinsics for ``operand_type`` (``PTX_TYPE``'s keys:
+    ``init``, ``load_a``, ``load_b``, ``compute``, ``store``), registered on first use: parsing them
+    with TVMScript takes seconds, which ``import schedules`` should not pay where no tensor-core
+    kernel is built."""
+    short = SHORT[operand_type]
+    if operand_type == TF32:
+        loads = {"load_a": _register("conv_mma_load_tf32_a_dyn", tf32_load_intrin("A")),
+                 "load_b": _register("conv_mma_load_tf32_b_dyn", tf32_load_intrin("B")),
+                 "compute": _register("conv_mma_tf32tf32f32_trans_a_trans_b", tf32_mma_intrin())}
+    else:
+        loads = {"load_a": _register(f"conv_mma_ldmatrix_{short}_a_trans_dyn", ldmatrix_intrin(operand_type, "A")),
+                 "load_b": _register(f"conv_mma_ldmatrix_{short}_b_trans_dyn", ldmatrix_intrin(operand_type, "B")),
+                 "compute": _register(f"conv_mma_{short}{short}f32_trans_a_trans_b", mma_intrin(operand_type))}
+    return {**_accumulator_intrinsics(), **loads}
 
 
-__all__ = ["intrinsics", "PTX_TYPE", "FRAGMENT_SCOPE", "fragment_layout", "ldmatrix_intrin",
-           "mma_intrin", "fill_intrin", "store_intrin"]
+__all__ = ["intrinsics", "PTX_TYPE", "STORAGE", "TF32", "FRAGMENT_SCOPE", "fragment_layout", "layouts",
+           "tf32_layouts", "tf32_positions", "ldmatrix_intrin", "tf32_load_intrin", "mma_intrin",
+           "tf32_mma_intrin", "fill_intrin", "store_intrin"]

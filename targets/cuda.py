@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from tvm import tirx
 from tvm.target import Target
 
 from .cpu import host_target
@@ -39,6 +40,35 @@ class GpuPreset:
                        "thread_warp_size": self.thread_warp_size,
                        "l2_cache_size_bytes": self.l2_cache_size_bytes},
                       host=host or host_target())
+
+
+def arch_number(target: Target) -> int:
+    """The compute capability of a CUDA target as a number (``sm_90`` -> 90; 0 if it names none)."""
+    arch = str(target.attrs.get("arch", ""))
+    return int(arch[3:].rstrip("a")) if arch.startswith("sm_") else 0
+
+
+#: The first architecture with TF32 tensor cores (Ampere); before it torch's TF32 setting changes nothing.
+TF32_ARCH = 80
+
+
+def has_tf32(target: Target) -> bool:
+    """Whether ``target`` is a GPU with TF32 tensor cores (where torch's TF32 setting applies)."""
+    return str(target.kind.name) == "cuda" and arch_number(target) >= TF32_ARCH
+
+
+def round_to_tf32(x):
+    """The float32 TIR value ``x`` rounded to TF32 (8 exponent bits, 10 stored mantissa bits: unit
+    roundoff 2**-11), as ``cvt.rna.tf32.f32`` does it on sm_80+ (round to nearest, ties away from
+    zero): finite values get half a unit of the 13 dropped bits added to their magnitude (a carry
+    into the exponent is the correct rounding), then the dropped bits cleared; infinities and NaNs
+    are only cleared.  ptxas lowers the instruction to exactly this (FSETP |x| < inf, IADD 0x1000,
+    LOP3 0xffffe000).  The one definition of TF32 operands: the compute of a TF32 request rounds its
+    products' operands with it, and the tensor-core intrinsics' descriptions must match that."""
+    bits = tirx.reinterpret("uint32", x)
+    finite = (bits & tirx.const(0x7FFFFFFF, "uint32")) < tirx.const(0x7F800000, "uint32")
+    rounded = tirx.Select(finite, bits + tirx.const(0x1000, "uint32"), bits) & tirx.const(0xFFFFE000, "uint32")
+    return tirx.reinterpret("float32", rounded)
 
 
 MiB = 1024 * 1024

@@ -159,6 +159,7 @@ CASES = [
     case(tune("--strategy", "annealing"), "argument --strategy: invalid choice: 'annealing'", id="tune-strategy"),
     case(tune("--cost-model", "gbm"), "argument --cost-model: invalid choice: 'gbm'", id="tune-cost-model"),
     case(tune("--seed", "-1"), "--seed must be in [0, 2**31), got -1", id="tune-seed"),
+    case(tune("--space", "mine"), "argument --space: invalid choice: 'mine'", id="tune-space"),
     case(tune("--final-check", "-1"), "--final-check must be >= 0, got -1", id="tune-final-check"),
     case(tune("--dtype", "float8"), "--dtype 'float8': expected one of", id="tune-dtype"),
     case(tune("--target", "foo"), "unknown target 'foo'", id="tune-target"),

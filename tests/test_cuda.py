@@ -1,5 +1,7 @@
 """CUDA: every variant schedules within every preset's limits and generates CUDA; nvcc compiles it
 for sm_80 and sm_90 here (no GPU needed); on a machine with an NVIDIA GPU the modules run there."""
+import contextlib
+
 import pytest
 import torch
 import tvm
@@ -80,6 +82,17 @@ def test_nvcc_compiles_every_variant(variant, dtype, arch):
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
 
+@contextlib.contextmanager
+def exact_float32():
+    """torch's TF32 setting for convolutions off (ours and cuDNN's float32 exact), then restored."""
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
+
+
 @needs_gpu
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -91,12 +104,16 @@ def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
     m.tuning_database = False            # the hand-written rule (shipped records are tested apart)
     x = torch.randn(*shape, device="cuda", dtype=dtype)
     assert_matches_torch(m, x)
-    # tensor cores for the half types where the rule applies (>= 16 channels per group, sm_80+)
-    expected = build.schedule(KernelRequest(spec, tuple(shape), str(dtype).replace("torch.", ""),
-                                            spec.output_padding if spec.transposed else None),
-                              m.kernel.target).rule
+    # tensor cores for the half types, and float32 while torch allows TF32, where the rule applies
+    # (>= 16 channels per group, sm_80+)
+    request = m.last_request
+    assert request == KernelRequest(spec, tuple(shape), str(dtype).replace("torch.", ""),
+                                    spec.output_padding if spec.transposed else None,
+                                    tf32=dtype is torch.float32 and torch.backends.cudnn.allow_tf32
+                                    and torch.cuda.get_device_capability()[0] >= 8)
+    expected = build.schedule(request, m.kernel.target).rule
     assert m.schedule == expected and str(m.kernel.target.kind.name) == "cuda"
-    assert expected == "cuda-direct" or dtype is not torch.float32
+    assert expected == "cuda-direct" or dtype is not torch.float32 or request.tf32
 
 
 @needs_gpu
@@ -104,11 +121,12 @@ def test_gpu_runs_on_torchs_current_stream():
     m = compiler.Conv2d(16, 16, 3, padding=1, device="cuda")
     x = torch.randn(4, 16, 32, 32, device="cuda")
     s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        y = m(x)
-    s.synchronize()
-    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1),
-                               rtol=1e-4, atol=1e-4)
+    with exact_float32():
+        with torch.cuda.stream(s):
+            y = m(x)
+        s.synchronize()
+        torch.testing.assert_close(y, torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1),
+                                   rtol=1e-4, atol=1e-4)
 
 
 @needs_gpu
@@ -156,6 +174,7 @@ def test_tuning_measures_on_the_local_gpu(tmp_path):
     assert result.trials_run == 4 and result.hand_ms > 0 and result.target_key == target_key(target)
     m = compiler.Conv2d(**spec.constructor_args(), device="cuda")
     m.tuning_database = tmp_path / "db"
-    assert_matches_torch(m, torch.randn(*shape, device="cuda"))
+    with exact_float32():                # the tuned workload is the exact float32 one
+        assert_matches_torch(m, torch.randn(*shape, device="cuda"))
     tuned = f"tuned:{records.workload_hash(build.workload_module(KernelRequest(spec, shape, 'float32')))}"
     assert m.schedule in ("cuda-direct", tuned)

@@ -108,7 +108,7 @@ def test_a_search_around_an_older_rule_version_is_stale(tmp_path, monkeypatch):
     searched_old = CpuDirect().apply(build.prim_func(REQUEST), build.workload_of(REQUEST), target)
     searched_old.sample_categorical([1, 2], [0.5, 0.5], decision=1)       # a decision of its space
     old_trace = mark_rule(searched_old, CpuDirect()).trace
-    assert records.samples(old_trace) == 1
+    assert records.samples(old_trace) >= 1
     monkeypatch.setattr(CpuDirect, "version", CpuDirect.version + 1)
     hand = build.schedule(REQUEST, target).trace
     db = _database(tmp_path / "b", REQUEST, target, [(hand, 1.0), (old_trace, 0.1)])

@@ -16,6 +16,7 @@ sys.path.insert(0, str(HERE.parent))
 from compiler import build, records  # noqa: E402
 from compiler.layers import batched_shape, spec_of  # noqa: E402
 from compiler.request import KernelRequest  # noqa: E402
+from schedules import rules_for  # noqa: E402
 from targets import resolve  # noqa: E402
 
 FINGERPRINTS = HERE / "rule_fingerprints.json"
@@ -23,7 +24,8 @@ FINGERPRINTS = HERE / "rule_fingerprints.json"
 TARGETS = {"znver4": {"kind": "llvm", "mcpu": "znver4", "num-cores": 2},
            "znver3": {"kind": "llvm", "mcpu": "znver3", "num-cores": 2},
            "sm_80": "cuda/sm_80"}
-#: (target, layer, input shape, dtype): every forward rule of both chains, on both CPU vector widths
+#: (target, layer, input shape, dtype[, rule]): every forward rule of both chains, on both CPU vector
+#: widths; a case naming a rule applies that rule alone (the fallback, which the chain never reaches)
 CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver3", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver4", "Conv2d(256, 256, 3, padding=2, dilation=2)", "1,256,28,28", "float32"),
@@ -35,6 +37,8 @@ CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver4", "Conv2d(4, 6, 3, padding=1)", "1,4,8,8", "float32"),
          ("znver4", "ConvTranspose2d(256, 128, 4, stride=2, padding=1)", "1,256,16,16", "float32"),
          ("znver3", "ConvTranspose2d(16, 3, 3, stride=2, padding=1)", "1,16,8,8", "float32"),
+         ("znver3", "Conv2d(16, 96, 1)", "1,16,112,112", "float32"),
+         ("znver4", "Conv2d(4, 6, 3, padding=1)", "1,4,8,8", "float32", "cpu-fallback"),
          ("znver4", "Conv2d(4, 6, 3, padding=1)", "1,4,8,8", "float64"),
          ("sm_80", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("sm_80", "ConvTranspose2d(16, 8, 4, stride=2, padding=1)", "1,16,8,8", "float32"),
@@ -47,11 +51,13 @@ def _case_id(case) -> str:
 
 def fingerprint(case) -> dict:
     """The rule that schedules ``case``, its version, and a digest of its schedule (without the mark)."""
-    target_name, layer, shape, dtype = case
+    target_name, layer, shape, dtype, *rule = case
     spec = spec_of(layer)
     request = KernelRequest(spec, batched_shape([int(v) for v in shape.split(",")]), dtype,
                             spec.output_padding if spec.transposed else None)
-    hand = build.schedule(request, resolve(TARGETS[target_name]))
+    target = resolve(TARGETS[target_name])
+    chain = [r for r in rules_for(target) if r.name in rule] if rule else None
+    hand = build.schedule(request, target, rules=chain)
     mark = records.rule_mark(hand.trace)
     digest = hashlib.sha256(records.unmarked_key(hand.trace).encode()).hexdigest()[:20]
     return {"rule": mark.rule, "version": mark.version, "schedule": digest}
@@ -80,7 +86,9 @@ def test_a_changed_schedule_has_a_new_rule_version(case):
 def test_the_cases_cover_every_forward_rule():
     from schedules import CPU_RULES, CUDA_RULES
     forward = {r.name for r in CPU_RULES + CUDA_RULES if "forward" in r.operators}
-    assert forward <= {entry["rule"] for entry in _recorded().values()}
+    missing = forward - {entry["rule"] for entry in _recorded().values()}
+    assert not missing, (f"rules without a fingerprint: {sorted(missing)}: add a case for each to CASES in "
+                         "tests/test_rule_versions.py, then python tests/test_rule_versions.py")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The ``cuda-tensorcore`` rule (mma.sync m16n8k16 + ldmatrix, float16 and bfloat16), checked on a
-machine without a GPU: its numbers on the CPU, its PTX, ptxas's register report, where it declines.
+"""The ``cuda-tensorcore`` rule (mma.sync m16n8k16 + ldmatrix for float16 and bfloat16, m16n8k8 TF32
+for float32 where torch allows TF32), checked on a machine without a GPU: its numbers on the CPU,
+its PTX, ptxas's register report, its SASS, where it declines, and how a call chooses TF32.
 
 How the numbers are checked.  The rule's ``tensorize`` steps swap blocks for our intrinsics'
 implementations (inline PTX: ``ldmatrix``, ``mma.sync``), which no CPU runs.  ``tensorize`` first
@@ -15,6 +16,7 @@ the rule with a "no tensorize" flag would do the same, but replaying the trace c
 what the rule emits.
 """
 import ast
+import copy
 import functools
 import importlib.util
 import pathlib
@@ -33,21 +35,26 @@ from compiler import build, cuda_binary, metaschedule_startup
 from compiler.request import Epilogue, KernelRequest
 from compiler.spec import ConvSpec
 from gpu_emulation import compile_serialised, emulate
-from reference import UNIT_ROUNDOFF, assert_output_matches
+from compiler import ops
+from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
 from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, Gemm, choose_config, gemm_of
-from schedules.tensor_intrinsics import fragment_layout, tile_position
-from targets import resolve
+from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
+from targets import host_target, resolve
+from targets.cuda import round_to_tf32
 
 # The rule runs TVM's GPU verifier, whose first TuneContext imports every target's tensor
 # intrinsics: ~60 s on two cores, ~8 s with this (see compiler/metaschedule_startup.py).
 metaschedule_startup.cache_frozen_frames()
 
 TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DTYPES = ("float16", "bfloat16")
+#: the rule's operand types: the half types, and "tf32" (a float32 request with ``tf32``)
+DTYPES = ("float16", "bfloat16", "tf32")
 ARCHS = ("sm_80", "sm_90")
-#: PTX spelling of the mma.sync operand types
-PTX_OPERAND = {"float16": "f16", "bfloat16": "bf16"}
+#: PTX of each operand type's mma.sync
+PTX_MMA = {"float16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+           "bfloat16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+           "tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 
 # Small shapes (the emulation runs each thread's staging serially), each padding some GEMM axis.
@@ -66,9 +73,14 @@ LAYERS = {
 }
 
 
-def _request(spec: ConvSpec, shape, dtype: str, epilogue=()) -> KernelRequest:
-    return KernelRequest(spec, shape, dtype, spec.output_padding if spec.transposed else None,
-                         epilogue=Epilogue(epilogue))
+def _dtype(operands: str) -> str:
+    """The layer's dtype for an operand type of ``DTYPES`` ("tf32": float32)."""
+    return "float32" if operands == "tf32" else operands
+
+
+def _request(spec: ConvSpec, shape, operands: str, epilogue=()) -> KernelRequest:
+    return KernelRequest(spec, shape, _dtype(operands), spec.output_padding if spec.transposed else None,
+                         epilogue=Epilogue(epilogue), tf32=operands == "tf32")
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,20 +102,46 @@ def without_tensorize(sch: s_tir.Schedule, func) -> s_tir.Schedule:
     return replay
 
 
-def _module(spec: ConvSpec, dtype: str):
+def _module(spec: ConvSpec, operands: str):
     cls = compiler.ConvTranspose2d if spec.transposed else compiler.Conv2d
-    return cls(**spec.constructor_args(), dtype=TORCH_DTYPE[dtype])
+    return cls(**spec.constructor_args(), dtype=TORCH_DTYPE[_dtype(operands)])
 
 
-def _emulate_and_compare(layer: str, dtype: str, arch: str) -> None:
-    request, _, sch = _scheduled(layer, dtype, arch)
-    kernel = compile_serialised(without_tensorize(sch, build.prim_func(request)).mod)
-    spec, shape = LAYERS[layer]
-    m = _module(spec, dtype)
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[dtype])
+def tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 ``t`` rounded to TF32 as ``cvt.rna.tf32.f32`` does (PTX ISA: round to nearest, ties
+    away from zero; infinities and NaNs kept), written on torch's integer view of the bits."""
+    bits = t.view(torch.int32)
+    finite = (bits & 0x7FFFFFFF) < 0x7F800000
+    return torch.where(finite, bits + 0x1000, bits).bitwise_and(-0x2000).view(torch.float32)
+
+
+def _emulate(request: KernelRequest, mod, m, x) -> torch.Tensor:
     y = x.new_empty(request.output_shape)
-    kernel(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
-    assert_output_matches(m, x, y)
+    compile_serialised(mod)(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
+    return y
+
+
+def assert_tf32_numbers(m, x, y) -> None:
+    """``y`` is torch's float32 convolution with TF32 operands: within the TF32 bound of the exact
+    convolution, and within the float32 bound of the exact convolution of the TF32-rounded input
+    and weight (so the kernel rounds its operands as the tensor cores do, not merely well enough)."""
+    assert_output_matches(m, x, y, operand_roundoff=TF32_ROUNDOFF)
+    rounded = copy.deepcopy(m)
+    with torch.no_grad():
+        rounded.weight.copy_(tf32(m.weight))
+    assert_output_matches(rounded, tf32(x), y, operand_roundoff=0.0)
+
+
+def _emulate_and_compare(layer: str, operands: str, arch: str) -> None:
+    request, _, sch = _scheduled(layer, operands, arch)
+    spec, shape = LAYERS[layer]
+    m = _module(spec, operands)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    y = _emulate(request, without_tensorize(sch, build.prim_func(request)).mod, m, x)
+    if request.tf32:
+        assert_tf32_numbers(m, x, y)
+    else:
+        assert_output_matches(m, x, y)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -147,12 +185,18 @@ CODEGEN_LAYERS = ("dense3x3", "odd_no_bias", "transposed")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", CODEGEN_LAYERS)
 def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
+    """The half types load fragments with ldmatrix; TF32 with per-lane loads and cvt.rna.tf32.f32
+    (ldmatrix.trans would split A's 32-bit elements)."""
     source, ptx = _ptx_and_source(layer, dtype, arch)
-    operand = PTX_OPERAND[dtype]
-    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{operand}.{operand}.f32"
-    assert mma in source and mma in ptx
-    assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx       # A, staged [k, m]
-    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx             # B, staged [n, k]
+    assert PTX_MMA[dtype] in source and PTX_MMA[dtype] in ptx
+    assert not [mma for other, mma in PTX_MMA.items() if other != dtype and mma in ptx]
+    if dtype == "tf32":
+        assert "ldmatrix" not in ptx
+        assert 0 < ptx.count("cvt.rna.tf32.f32") <= ptx.count("ld.shared.f32")    # (and the accumulator tile's)
+    else:
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx       # A, staged [k, m]
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx             # B, staged [n, k]
+        assert "cvt.rna.tf32" not in ptx
     assert f".target {arch}" in ptx
 
 
@@ -198,9 +242,11 @@ def cuobjdump() -> str:
     return str(tool) if tool.exists() else ""
 
 
-#: SASS of the half types' tensor-core multiply-add on sm_80 and sm_90 (``HMMA.16816.F32`` for
-#: float16, ``HMMA.16816.F32.BF16`` for bfloat16): what the mma.sync of the PTX must become.
-SASS_HMMA = {"float16": re.compile(r"HMMA\.16816\.F32(?!\.BF16)"), "bfloat16": re.compile(r"HMMA\.16816\.F32\.BF16")}
+#: SASS of the tensor-core multiply-add on sm_80 and sm_90 (``HMMA.16816.F32`` for float16,
+#: ``HMMA.16816.F32.BF16`` for bfloat16, ``HMMA.1688.F32.TF32`` for m16n8k8 TF32): what the
+#: mma.sync of the PTX must become.
+SASS_HMMA = {"float16": re.compile(r"HMMA\.16816\.F32(?!\.BF16)"), "bfloat16": re.compile(r"HMMA\.16816\.F32\.BF16"),
+             "tf32": re.compile(r"HMMA\.1688\.F32\.TF32")}
 
 
 @needs_nvcc
@@ -209,8 +255,9 @@ SASS_HMMA = {"float16": re.compile(r"HMMA\.16816\.F32(?!\.BF16)"), "bfloat16": r
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", ("dense3x3", "transposed"))
 def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
-    """The machine code, not only the PTX: ptxas turned the mma.sync into HMMA of the layer's half
-    type and the ldmatrix into LDSM, and the inner loop's operands come from shared memory."""
+    """The machine code, not only the PTX: ptxas turned the mma.sync into HMMA of the layer's operand
+    type and the ldmatrix into LDSM (TF32: 32-bit shared loads), and the inner loop's operands come
+    from shared memory."""
     _, target, sch = _scheduled(layer, dtype, arch)
     source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
     ptxas_report(source, arch, tmp_path)                       # writes kernel.cubin
@@ -218,9 +265,11 @@ def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
                           check=True).stdout
     assert f"code for {arch}" in sass
     assert SASS_HMMA[dtype].search(sass), sass[:2000]
-    assert "LDSM.16.MT88.4" in sass and "LDSM.16.M88.4" in sass      # ldmatrix .trans (A) and plain (B)
-    other = SASS_HMMA["bfloat16" if dtype == "float16" else "float16"]
-    assert not other.search(sass)
+    if dtype == "tf32":
+        assert "LDSM" not in sass and re.search(r"LDS(\.32)? ", sass)
+    else:
+        assert "LDSM.16.MT88.4" in sass and "LDSM.16.M88.4" in sass      # ldmatrix .trans (A) and plain (B)
+    assert not [other for other, hmma in SASS_HMMA.items() if other != dtype and hmma.search(sass)]
 
 
 def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
@@ -233,24 +282,35 @@ def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
     assert config.shared_bytes() <= int(target.attrs["max_shared_memory_per_block"])
 
 
-@pytest.mark.parametrize("layer", ["dense3x3", "odd_no_bias", "pointwise_batch2"])
-def test_shared_memory_model_is_tvms_allocation(layer):
+@pytest.mark.parametrize("layer, dtype", [("dense3x3", "float16"), ("odd_no_bias", "float16"),
+                                          ("pointwise_batch2", "float16"), ("dense3x3", "tf32"),
+                                          ("odd_channels", "tf32")])
+def test_shared_memory_model_is_tvms_allocation(layer, dtype):
     """Config.shared_bytes (what choose_config checks against the target's limit) is the size of
     the one ``shared.dyn`` buffer TVM's lowering leaves (staging and accumulator tile merged)."""
     from tvm.s_tir.pipeline import default_s_tir_pipeline
-    request, target, sch = _scheduled(layer, "float16", "sm_90")
-    config = choose_config(gemm_of(s_tir.Schedule(build.prim_func(request)), request.spec)[0], target)
+    request, target, sch = _scheduled(layer, dtype, "sm_90")
+    config = choose_config(gemm_of(s_tir.Schedule(build.prim_func(request)), request.spec)[0], target,
+                           element_bytes=4 if dtype == "tf32" else 2)
     lower, _, _ = default_s_tir_pipeline()
     with tvm.transform.PassContext():
         lowered = lower(tvm.tirx.transform.BindTarget(target)(sch.mod)).script()
     assert re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered) == [str(config.shared_bytes())]
 
 
-@pytest.mark.parametrize("case", ["float32", "depthwise", "sm_75", "sm_70", "few_channels_per_group",
-                                  "transposed_gcd"])
+@pytest.mark.parametrize("case", ["float32", "float64_tf32", "depthwise", "sm_75", "sm_70", "few_channels_per_group",
+                                  "transposed_gcd", "tf32_sm_75", "tf32_depthwise"])
 def test_rule_declines_and_cuda_direct_serves(case):
+    """Exact float32 (torch's TF32 setting off) stays on cuda-direct, as does what the tensor
+    cores cannot take; a TF32 request there is served with its rounded operands by cuda-direct."""
+    if case == "float64_tf32":
+        with pytest.raises(ValueError, match="TF32 is a mode of float32 forward kernels"):
+            KernelRequest(ConvSpec.conv2d(32, 64, 3), (1, 32, 12, 12), "float64", tf32=True)
+        return
     spec, shape, dtype, arch = {
         "float32": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "float32", "sm_90"),
+        "tf32_sm_75": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "tf32", "sm_75"),
+        "tf32_depthwise": (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 12, 12), "tf32", "sm_90"),
         "depthwise": (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 12, 12), "float16", "sm_90"),
         "sm_75": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "float16", "sm_75"),
         "sm_70": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12), "bfloat16", "sm_70"),
@@ -261,7 +321,12 @@ def test_rule_declines_and_cuda_direct_serves(case):
     }[case]
     request, target = _request(spec, shape, dtype), resolve(f"cuda/{arch}")
     assert CudaTensorCore().apply(build.prim_func(request), build.workload_of(request), target) is None
-    assert build.schedule(request, target).rule == "cuda-direct"
+    scheduled = build.schedule(request, target)
+    assert scheduled.rule == "cuda-direct"
+    if request.tf32:
+        m = _module(spec, dtype)
+        x = torch.randn(*shape)
+        assert_tf32_numbers(m, x, _emulate(request, scheduled.mod, m, x))
 
 
 def test_too_small_layer_declines_and_still_gets_torchs_numbers():
@@ -278,10 +343,11 @@ def test_too_small_layer_declines_and_still_gets_torchs_numbers():
     assert_output_matches(m, x, y)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_registered_first_for_half_types(dtype):
+def test_registered_first_for_half_types_and_tf32(dtype, arch):
     spec, shape = LAYERS["dense3x3"]
-    assert build.schedule(_request(spec, shape, dtype), resolve("cuda/sm_90")).rule == "cuda-tensorcore"
+    assert build.schedule(_request(spec, shape, dtype), resolve(f"cuda/{arch}")).rule == "cuda-tensorcore"
 
 
 def test_gemm_view_of_a_grouped_strided_conv():
@@ -314,3 +380,140 @@ def test_fragment_layout_is_tvms_ldmatrix_layout():
         for element in range(8):
             assert tile_position(lane, element) == to_tile(lane, element)
             assert fragment_layout(*tile_position(lane, element)) == (lane, element)
+
+
+# ------------------------------------------------------------------------------ TF32
+def _tf32_by_arithmetic(values: torch.Tensor) -> torch.Tensor:
+    """TF32 rounding from its definition, in float64: the nearest multiple of the TF32 spacing at
+    the value's exponent (10 fraction bits; the spacing of the smallest exponent below it, as
+    subnormals), ties away from zero, past the largest finite TF32 value infinity."""
+    v = values.double()
+    exponent = torch.floor(torch.log2(v.abs())).clamp(min=-126)
+    spacing = torch.exp2(exponent - 10)
+    rounded = torch.sign(v) * torch.floor(v.abs() / spacing + 0.5) * spacing
+    rounded = torch.where(v == 0, v, rounded)
+    return torch.where(v.isfinite(), rounded, v).float()
+
+
+def test_round_to_tf32_is_cvt_rna():
+    """``targets.cuda.round_to_tf32`` (what the compute of a TF32 request and the intrinsics'
+    descriptions use), compiled for the CPU, against TF32's definition on random bit patterns of
+    every exponent, halfway cases, carries into the exponent, subnormals, zeros and infinities."""
+    from tvm import te
+    generator = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (20000,), generator=generator, dtype=torch.int64).to(torch.int32)
+    finite = bits.view(torch.float32)
+    finite = finite[finite.isfinite()]
+    halfway = (torch.randint(0, 2 ** 23, (2000,), generator=generator, dtype=torch.int32).bitwise_and(-0x2000)
+               | 0x3F801000).view(torch.float32)                     # [1, 2) exactly between two TF32 values
+    special = torch.tensor([0.0, -0.0, 1.0, 1 + 2 ** -11, -(1 + 2 ** -11), 2 - 2 ** -12, 3.4028235e38, -3.4028235e38,
+                            1e-40, -1e-40, 2 ** -126, 2 ** -137, float("inf"), float("-inf")])
+    values = torch.cat([finite, halfway, -halfway, special, torch.tensor([float("nan")])])
+    x = te.placeholder((values.numel(),), "float32", name="x")
+    y = te.compute(x.shape, lambda i: round_to_tf32(x[i]), name="y")
+    rounded = torch.empty_like(values)
+    tvm.compile(te.create_prim_func([x, y]), target=host_target())(values, rounded)
+    assert rounded[-1].isnan()                                                       # NaN stays NaN
+    rounded, values = rounded[:-1], values[:-1]
+    assert torch.equal(rounded.view(torch.int32), _tf32_by_arithmetic(values).view(torch.int32))
+    assert torch.equal(rounded.view(torch.int32), tf32(values).view(torch.int32))     # the tests' own twin
+    assert not rounded.view(torch.int32).bitwise_and(0x1FFF).any()                   # 10 fraction bits left
+
+
+def test_tf32_fragment_layouts_are_ptxs():
+    """``tf32_layouts`` place each element of a staged tile where PTX's m16n8k8 TF32 fragments hold
+    it (PTX ISA "Matrix Fragments for mma.m16n8k8", written out here register by register), and
+    ``tf32_positions`` invert them."""
+    a_layout, b_layout = tf32_layouts()
+    a_position, b_position = tf32_positions()
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for k_half in range(2):
+            # A registers a0..a3 of this K half: (m, k) = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
+            for register, (m, k) in enumerate([(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)]):
+                assert a_layout(8 * k_half + k, m) == (lane, 4 * k_half + register)
+            for n_half in range(2):
+                # B registers b0, b1 of this K half and N half: (k, n) = (t, g), (t + 4, g)
+                for register, (k, n) in enumerate([(t, g), (t + 4, g)]):
+                    assert b_layout(8 * n_half + n, 8 * k_half + k) == (lane, 4 * k_half + 2 * n_half + register)
+    cells = [(i, j) for i in range(FRAGMENT) for j in range(FRAGMENT)]
+    for layout, position in ((a_layout, a_position), (b_layout, b_position)):
+        assert sorted(layout(i, j) for i, j in cells) == [(t, e) for t in range(32) for e in range(8)]
+        assert all(position(*layout(i, j)) == (i, j) for i, j in cells)
+
+
+def test_a_tf32_request_is_its_own_kernel_and_workload():
+    """TF32 is part of the request: another kernel-cache key and another workload (so tuning records
+    of exact float32 never serve TF32 calls nor the reverse); exact requests keep their keys."""
+    spec, shape = LAYERS["dense3x3"]
+    exact, rounded = KernelRequest(spec, shape, "float32"), KernelRequest(spec, shape, "float32", tf32=True)
+    assert exact != rounded and exact.key + ("tf32",) == rounded.key and len(exact.key) == 7
+    assert rounded.describe().endswith("float32 (TF32)")
+    assert build.workload_hash(build.workload_module(exact)) != build.workload_hash(build.workload_module(rounded))
+    for dtype, operator in (("float16", "forward"), ("bfloat16", "forward"), ("float32", "weight_grad")):
+        with pytest.raises(ValueError, match="TF32 is a mode of float32 forward kernels"):
+            KernelRequest(spec, shape, dtype, tf32=True, operator=operator)
+
+
+@pytest.fixture
+def torch_tf32_setting():
+    """Restores torch's TF32 settings for convolutions after a test changes them."""
+    saved = torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.fp32_precision
+    yield
+    torch.backends.cudnn.fp32_precision = saved[1]
+    torch.backends.cudnn.conv.fp32_precision = saved[0]
+
+
+def test_tf32_follows_torchs_setting_for_convolutions(torch_tf32_setting):
+    """A call may use TF32 exactly where torch's cuDNN convolution may: float32 on CUDA while
+    ``torch.backends.cudnn.allow_tf32`` (or the newer ``conv.fp32_precision``) says so, read at
+    each call; the request is TF32 only on a target with TF32 tensor cores (sm_80+)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    torch.backends.cudnn.allow_tf32 = True                              # torch's default
+    assert ops.tf32_allowed(torch.float32, cuda)
+    assert not ops.tf32_allowed(torch.float32, cpu) and not ops.tf32_allowed(torch.float16, cuda)
+    assert not ops.tf32_allowed(torch.float64, cuda)
+    torch.backends.cudnn.allow_tf32 = False
+    assert not ops.tf32_allowed(torch.float32, cuda)
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    assert ops.tf32_allowed(torch.float32, cuda)
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    assert not ops.tf32_allowed(torch.float32, cuda)
+
+    spec, shape = LAYERS["dense3x3"]
+    meta = torch.device("meta")                                         # plans the call, compiles nothing
+
+    def planned(target: str, tf32: bool) -> KernelRequest:
+        _, kernel, request = ops.plan(spec, shape, torch.float32, meta, None, Epilogue(), resolve(target), False,
+                                      spec.weight_shape, (spec.out_channels,), tf32)
+        assert kernel is None
+        return request
+
+    assert planned("cuda/sm_90", True).tf32 and planned("cuda/sm_80", True).tf32
+    assert not planned("cuda/sm_75", True).tf32 and not planned("cuda/sm_90", False).tf32
+    assert not planned("llvm", True).tf32
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("layer", ["dense3x3", "transposed"])
+def test_float32_modules_on_the_gpu_follow_torchs_tf32_setting(layer, torch_tf32_setting):
+    """On an sm_80+ GPU a float32 layer runs on TF32 tensor cores while torch allows TF32, in
+    exact float32 once it does not (the same module, the setting changed between calls), each
+    within its bound."""
+    spec, shape = LAYERS[layer]
+    cls = compiler.ConvTranspose2d if spec.transposed else compiler.Conv2d
+    m = cls(**spec.constructor_args(), device="cuda")
+    m.tuning_database = False
+    x = torch.randn(*shape, device="cuda")
+    tensor_cores = torch.cuda.get_device_capability()[0] >= 8
+    for allowed in (True, False, True):
+        torch.backends.cudnn.allow_tf32 = allowed
+        with torch.no_grad():
+            y = m(x)
+        assert m.last_request.tf32 == (allowed and tensor_cores)
+        assert m.schedule == ("cuda-tensorcore" if m.last_request.tf32 else "cuda-direct")
+        assert_output_matches(m, x, y, operand_roundoff=TF32_ROUNDOFF if m.last_request.tf32 else 0.0)

@@ -1,0 +1,70 @@
+"""Our rules as MetaSchedule design spaces: cpu-direct's tiles are sampling decisions whose defaults
+are the hand choices, and ``tune --space ours`` mutates around the hand schedule (a tiny search)."""
+import io
+import json
+
+import torch
+
+import compiler
+from compiler import build, records, space
+from compiler.request import KernelRequest
+from compiler.spec import ConvSpec
+from compiler.tuning import tune
+from reference import assert_matches_torch
+from schedules import CpuDirect
+from targets import host_target
+
+LAYER, SHAPE = "Conv2d(4, 12, 3, padding=1)", (1, 4, 12, 12)      # cpu-direct on every CPU
+REQUEST = KernelRequest(ConvSpec.conv2d(4, 12, 3, padding=1), SHAPE, "float32")
+
+
+def _defaults(trace):
+    """The decisions of a trace's SamplePerfectTile instructions, in order."""
+    insts, decisions = trace.as_json(remove_postproc=True)
+    return [[int(v) for v in d] for i, d in decisions if insts[int(i)][0] == "SamplePerfectTile"]
+
+
+def test_the_hand_schedule_is_the_default_of_its_decisions():
+    hand = build.schedule(REQUEST, host_target())
+    assert hand.rule == "cpu-direct" and CpuDirect.version == 2
+    (ours,) = space.design_spaces(REQUEST, host_target(), "ours")
+    tiles = [p for p in ours.points if p.kind == "SamplePerfectTile"]
+    assert [p.where.split(" (")[0] for p in tiles] == ["loop co", "loop ow"]
+    assert [p.default for p in tiles] == _defaults(hand.trace)
+    assert all(p.choices > 1 for p in tiles) and ours.size > 1
+    # the defaults are the hand-written tiles: the space's default schedule is the hand schedule
+    assert records.trace_key(ours.schedule.trace) == records.trace_key(hand.trace)
+
+
+def test_search_in_our_space_mutates_around_the_hand_schedule(tmp_path):
+    db = tmp_path / "db"
+    result = tune(LAYER, SHAPE, trials=6, trials_per_iter=3, work_dir=db, space="ours", seed=0, population=16,
+                  final_check=1, out=io.StringIO())
+    assert result.trials_run == 6
+    hand = build.schedule(REQUEST, host_target())
+    mod = build.workload_module(REQUEST)
+    kinds = records.classify(records.workload_records(db, host_target(), mod), hand.trace,
+                             records.rule_versions(host_target()))
+    assert kinds.hand and kinds.searched and not kinds.stale
+    hand_tiles = _defaults(hand.trace)
+    for record in kinds.searched:            # every candidate is our rule's schedule, other tiles
+        assert records.rule_mark(record.trace) == records.RuleMark("cpu-direct", CpuDirect.version)
+        tiles = _defaults(record.trace)
+        assert len(tiles) == 2 and tiles != hand_tiles
+        assert [a * b for a, b in tiles] == [a * b for a, b in hand_tiles]       # perfect tiles of co, ow
+    # the curve says which space was searched
+    assert json.loads(result.curve_path.read_text())["search"]["space"] == "ours"
+    # a mutated schedule computes torch's numbers: serve the fastest search record
+    best = kinds.searched[0]
+    with records.RunFolder(db) as run:
+        writer = run.database()
+        from tvm.s_tir import meta_schedule as ms
+        writer.commit_tuning_record(ms.database.TuningRecord(
+            best.trace, writer.commit_workload(mod), [1e-9], host_target(),
+            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    build.clear_cache()
+    m = compiler.Conv2d(4, 12, 3, padding=1)
+    m.tuning_database = db
+    assert_matches_torch(m, torch.randn(*SHAPE))
+    assert m.schedule.startswith("tuned:")
+    build.clear_cache()
