@@ -22,13 +22,16 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, accumulator_lanes, has_block, schedule_pad, vectorize_if_wide, vectorize_pieces
+from .base import (ScheduleRule, accumulator_lanes, has_block, schedule_pad, tunable_split, vectorize_if_wide,
+                   vectorize_pieces)
 from .cpu_direct import choose_config, vector_registers
 from .cpu_tiles import DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, register_tile
 
 
 class CpuTransposed(ScheduleRule):
     name = "cpu-transposed-phase"
+    #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults)
+    version = 2
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
@@ -106,17 +109,19 @@ class CpuTransposed(ScheduleRule):
             sch.parallel(sch.get_loops(sch.get_sblock("weight_pad"))[0])
         n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
         extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
-        cfg = choose_config(extent(co), extent(qw), lanes, vector_registers(workload, target))
-        # Step 1. Register tile of output channels x phase columns, phases outermost.
-        co_o, co_i = sch.split(co, factors=[None, cfg.co_tile])
-        qw_o, qw_i = sch.split(qw, factors=[None, cfg.ow_tile])
+        registers = vector_registers(workload, target)
+        cfg = choose_config(extent(co), extent(qw), lanes, registers)
+        # Step 1. Register tile of output channels x phase columns, phases outermost; both tiles
+        # are the design space's decisions (a search tries register-file-sized others).
+        co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
+        qw_o, qw_i = tunable_split(sch, qw, cfg.ow_tile, max_tile=2 * lanes)
         # The phase loops stay serial outside the parallel loop: fusing them into it made TVM 0.27
         # lower wrong input indices for some shapes (seen with 1x1 kernels, stride 2).
         sch.reorder(ph, pw, n, co_o, qh, qw_o, rc, rh, rw, co_i, qw_i)
         sch.parallel(sch.fuse(n, co_o, qh))
         # Step 2. Accumulate in registers; write the tile back once.
         cw = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(cw, qw_o)
+        sch.reverse_compute_at(cw, qw_o, preserve_unit_loops=True)    # the same loops whatever the tiles
         vectorize_if_wide(sch, qw_i)
         sch.unroll(co_i)
         sch.decompose_reduction(conv, rc)

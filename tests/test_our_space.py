@@ -3,6 +3,7 @@ are the hand choices, and ``tune --space ours`` mutates around the hand schedule
 import io
 import json
 
+import pytest
 import torch
 
 import compiler
@@ -24,14 +25,21 @@ def _defaults(trace):
     return [[int(v) for v in d] for i, d in decisions if insts[int(i)][0] == "SamplePerfectTile"]
 
 
-def test_the_hand_schedule_is_the_default_of_its_decisions():
-    hand = build.schedule(REQUEST, host_target())
-    assert hand.rule == "cpu-direct" and CpuDirect.version == 2
-    (ours,) = space.design_spaces(REQUEST, host_target(), "ours")
+TRANSPOSED = KernelRequest(ConvSpec.conv_transpose2d(16, 3, 3, stride=2, padding=1), (1, 16, 12, 12), "float32",
+                           (0, 0))                             # cpu-transposed-phase's direct form
+
+
+@pytest.mark.parametrize("request_,rule,loops", [(REQUEST, "cpu-direct", ["loop co", "loop ow"]),
+                                                 (TRANSPOSED, "cpu-transposed-phase", ["loop co", "loop qw"])],
+                         ids=["direct", "transposed"])
+def test_the_hand_schedule_is_the_default_of_its_decisions(request_, rule, loops):
+    hand = build.schedule(request_, host_target())
+    assert hand.rule == rule and records.rule_mark(hand.trace).version == 2
+    (ours,) = space.design_spaces(request_, host_target(), "ours")
     tiles = [p for p in ours.points if p.kind == "SamplePerfectTile"]
-    assert [p.where.split(" (")[0] for p in tiles] == ["loop co", "loop ow"]
+    assert [p.where.split(" (")[0] for p in tiles] == loops
     assert [p.default for p in tiles] == _defaults(hand.trace)
-    assert all(p.choices > 1 for p in tiles) and ours.size > 1
+    assert all(p.choices >= 1 for p in tiles) and ours.size > 1
     # the defaults are the hand-written tiles: the space's default schedule is the hand schedule
     assert records.trace_key(ours.schedule.trace) == records.trace_key(hand.trace)
 
