@@ -23,7 +23,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, native_lanes, vectorize_if_wide
+from .base import ScheduleRule, native_lanes, tunable_split, vectorize_if_wide
 from .cpu_tiles import DTYPE_BYTES
 
 #: Weight bytes up to which every tile may re-read the whole weight matrix: a 32 KB L1 data cache
@@ -57,6 +57,8 @@ def choose_tile(out_channels: int, out_height: int, lanes: int, registers: int) 
 
 class CpuPointwise(ScheduleRule):
     name = "cpu-pointwise"
+    #: 2: the channel and row tiles are sampling decisions (their hand values the defaults)
+    version = 2
 
     def apply(self, func, workload, target):
         spec = workload.spec
@@ -77,8 +79,10 @@ class CpuPointwise(ScheduleRule):
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
-        co_o, co_i = sch.split(co, factors=[None, tile.channels])
-        oh_o, oh_i = sch.split(oh, factors=[None, tile.rows])
+        # The channel and row tiles are the design space's decisions (a search tries others that
+        # fit the register file); the columns stay one register.
+        co_o, co_i = tunable_split(sch, co, tile.channels, max_tile=registers)
+        oh_o, oh_i = tunable_split(sch, oh, tile.rows, max_tile=registers)
         ow_o, ow_i = sch.split(ow, factors=[None, tile.lanes])
         # Step 1. Row bands outside, channel tiles inside: a band's input rows stay in L1 while every
         # channel tile reads them.
@@ -86,12 +90,11 @@ class CpuPointwise(ScheduleRule):
         sch.parallel(sch.fuse(n, oh_o, co_o))
         # Step 2. The tile accumulates in registers and its epilogue (bias, fused steps, cast) writes
         # it to NCHW as soon as it is complete.
-        sch.reverse_compute_at(out, ow_o)
+        sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")
         vectorize_if_wide(sch, ow_i)
-        for loop in (co_i, oh_i):
-            if int(sch.get(loop).extent) > 1:
-                sch.unroll(loop)
+        sch.unroll(co_i)
+        sch.unroll(oh_i)
         sch.decompose_reduction(conv, rc)
         vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch

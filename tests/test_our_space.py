@@ -29,9 +29,13 @@ TRANSPOSED = KernelRequest(ConvSpec.conv_transpose2d(16, 3, 3, stride=2, padding
                            (0, 0))                             # cpu-transposed-phase's direct form
 
 
+POINTWISE = KernelRequest(ConvSpec.conv2d(16, 96, 1), (1, 16, 12, 16), "float32")      # cpu-pointwise
+
+
 @pytest.mark.parametrize("request_,rule,loops", [(REQUEST, "cpu-direct", ["loop co", "loop ow"]),
-                                                 (TRANSPOSED, "cpu-transposed-phase", ["loop co", "loop qw"])],
-                         ids=["direct", "transposed"])
+                                                 (TRANSPOSED, "cpu-transposed-phase", ["loop co", "loop qw"]),
+                                                 (POINTWISE, "cpu-pointwise", ["loop co", "loop oh"])],
+                         ids=["direct", "transposed", "pointwise"])
 def test_the_hand_schedule_is_the_default_of_its_decisions(request_, rule, loops):
     hand = build.schedule(request_, host_target())
     assert hand.rule == rule and records.rule_mark(hand.trace).version == 2
