@@ -152,12 +152,22 @@ def plot(curve: Curve, png) -> Path:
     top = max([curve.hand_ms * 1.6] + [b for b in best if math.isfinite(b)][:1])
     axes[0].set_ylim(0, top)
     axes[1].legend(loc="upper right", fontsize=8)
-    shape = "x".join(map(str, curve.input_shape))
-    fig.suptitle(f"{curve.layer} on {shape} {curve.dtype}, {curve.target}", fontsize=9)
+    fig.suptitle(f"{_title(curve)}, {curve.target}", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return Path(png)
+
+
+def _title(curve: Curve) -> str:
+    """The layer as one would write it (``Conv2d(64, 64, 3, padding=1) on 1x64x56x56 float32``)."""
+    if curve.tasks is None:
+        try:
+            from .report import describe
+            return describe(request_from(vars(curve)))
+        except (ValueError, TypeError, KeyError):
+            pass
+    return f"{curve.layer} on {'x'.join(map(str, curve.input_shape))} {curve.dtype}"
 
 
 __all__ = ["Curve", "Point", "load", "new_path", "plot", "curve_files", "request_fields", "request_from",

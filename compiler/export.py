@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import tvm
 
 from targets import TargetLike, resolve, target_key
+from targets.cuda import compile_context
 
 from . import build, cuda_binary, progress
 from .layers import request_of
@@ -68,7 +69,8 @@ def write_library(functions: Dict[str, object], target, path: Path) -> Optional[
     """Compile the PrimFuncs ``functions`` (entry name -> PrimFunc) into one shared library at
     ``path``; returns the manifest's ``device_code`` entry (None for CPU targets)."""
     mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in functions.items()})
-    executable = tvm.compile(mod, target=target)
+    with compile_context(target):                       # CUDA: pipelined copies become cp.async
+        executable = tvm.compile(mod, target=target)
     path.parent.mkdir(parents=True, exist_ok=True)
     if str(target.kind.name) != "cuda":
         fcompile = _cross_compiler(target)

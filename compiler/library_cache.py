@@ -30,6 +30,8 @@ from typing import Optional, Tuple
 
 import tvm
 
+from targets.cuda import compile_context
+
 #: Bump when what goes into a cached library changes in a way the key does not see.
 FORMAT = "1"
 
@@ -99,7 +101,8 @@ def load(mod: tvm.IRModule, target) -> Tuple[object, Optional[Path]]:
     this process stops trying), it is ``tvm.compile``'s in-memory executable and the path is None.
     Compile errors propagate."""
     if target.kind.name != "llvm" or target.attrs.get("mtriple") or _STATE.get("export_failed"):
-        return tvm.compile(mod, target=target), None
+        with compile_context(target):                   # CUDA: pipelined copies become cp.async
+            return tvm.compile(mod, target=target), None
     path = cache_dir() / "kernels" / f"{kernel_key(mod, target)}.so"
     if not path.exists():
         executable = tvm.compile(mod, target=target)

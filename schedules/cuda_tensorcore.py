@@ -18,10 +18,14 @@ request with ``tf32`` (torch's default for cuDNN convolutions; its compute round
 operands to TF32) stages float32 chunks, loads fragments per lane with ``cvt.rna.tf32.f32`` and
 multiplies with four ``mma.sync.m16n8k8`` TF32 per step.
 
-No software pipeline (cp.async, multi-buffered stages, fragment prefetch): the project's build
-does not enable TVM's ``tirx.use_async_copy``, so the copies would be synchronous anyway, and the
-pipelined form cannot be checked without a GPU (the CPU emulation in the tests drops pipeline
-annotations), whereas this schedule is checked whole, tensorize excepted.
+The chunks are staged through a ``stages``-deep software pipeline: the reduction loop carries
+TVM's ``software_pipeline_stage/order/async_stages`` annotations, so ``InjectSoftwarePipeline``
+keeps ``stages`` chunks of A and B in shared memory, the copies of chunk ``c + stages - 1`` in
+flight while chunk ``c`` is multiplied, and ``InjectPTXAsyncCopy`` (``tirx.use_async_copy``, set
+by ``targets.cuda.compile_context``) turns the copies of 4, 8 or 16 bytes into ``cp.async`` with
+``cp.async.wait_group`` before a chunk is used (2-byte copies, float16/bfloat16 input pixels
+of NCHW tensors, stay synchronous loads).  The CPU emulation of the tests runs the same schedule
+without the pipeline annotations.
 
 The accumulators go through shared memory (float32, reusing the staging space) to the compute's
 ``output`` stage, inlined onto the block tile: bias, the request's epilogue (residual add,
@@ -60,6 +64,9 @@ WARP = 32
 SKEWS = {2: (8, 8), 4: (8, 4)}
 #: Bytes of one global-to-shared vector load (``LDG.128``)
 VECTOR_BYTES = 16
+#: Deepest software pipeline over the reduction chunks: 3 stages keep two chunks' copies in flight
+#: behind the one being multiplied (CUTLASS's sm_80 default for 128x128 tiles is 3-4).
+MAX_STAGES = 3
 #: Row stride of the float32 accumulator tile in shared memory: ``1 (mod 32)`` words, so that the
 #: epilogue's threads, reading down a column (consecutive pixels of one channel), hit 32 banks.
 ACC_ROW_OFFSET = 1
@@ -89,6 +96,7 @@ class Config:
     frags_n: int       # ... along N
     chunk_k: int       # reduction staged in shared memory per step (multiple of 16)
     element_bytes: int = 2   # of the staged operands: 2 (float16, bfloat16) or 4 (float32 for TF32)
+    stages: int = 1    # chunks of A and B in shared memory at once (software pipeline depth)
 
     @property
     def block_m(self) -> int:
@@ -120,10 +128,21 @@ class Config:
         return 4 * self.block_m * _aligned(self.block_n, ACC_ROW_OFFSET)
 
     def shared_bytes(self) -> int:
-        """Shared memory of the kernel: the staged chunks, or the accumulator tile written back
-        through the same space after the last chunk (TVM's ``MergeSharedMemoryAllocations`` reuses
-        ``shared.dyn`` space whose lifetimes do not overlap; the tests compare with its result)."""
-        return max(self.staged_bytes, self.accumulator_bytes)
+        """Shared memory of the kernel: the ``stages`` staged chunks, or the accumulator tile
+        written back through the same space after the last chunk (TVM's
+        ``MergeSharedMemoryAllocations`` reuses ``shared.dyn`` space whose lifetimes do not
+        overlap; the tests compare with its result)."""
+        return max(self.stages * self.staged_bytes, self.accumulator_bytes)
+
+
+def pipeline_stages(config: Config, k: int, limit: int) -> int:
+    """The pipeline depth for a reduction of ``k``: up to ``MAX_STAGES``, no deeper than the
+    number of chunks (a chunk staged ahead must exist), and within ``limit`` bytes of shared memory."""
+    chunks = -(-k // config.chunk_k)
+    for stages in range(min(MAX_STAGES, chunks), 1, -1):
+        if replace(config, stages=stages).shared_bytes() <= limit:
+            return stages
+    return 1
 
 
 def _aligned(row: int, offset: int) -> int:
@@ -157,7 +176,9 @@ def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config
     block size (target's ``registers_per_block``, at most 255 per thread), pad neither GEMM axis by
     more than an eighth, and fit the target's ``max_shared_memory_per_block`` with operands of
     ``element_bytes``; more channels than pixels per warp on a tie (an A row staged serves more of
-    them).  None if nothing fits."""
+    them); a software pipeline of at least two stages before more fragments (without one each chunk
+    waits for its copies), then the longer chunk; the pipeline as deep as fits
+    (:func:`pipeline_stages`).  None if nothing fits."""
     m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
     warps_m = 2 if m_tiles >= 4 else 1
     warps_n = 2 if n_tiles >= 4 else 1
@@ -165,20 +186,22 @@ def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config
     registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
     limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
-    for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)}, reverse=True):
-        fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes)
-                   for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
-                   if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
-                   and _little_waste(n_tiles, warps_n, fn)]
-        fitting = [c for c in fitting if c.shared_bytes() <= limit]
-        if fitting:
-            return max(fitting, key=lambda c: (c.frags_m * c.frags_n, c.frags_n))
-    return None
+    fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes)
+               for chunk in {_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)}
+               for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
+               if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
+               and _little_waste(n_tiles, warps_n, fn)]
+    fitting = [replace(c, stages=pipeline_stages(c, gemm.k, limit)) for c in fitting if c.shared_bytes() <= limit]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda c: (min(c.stages, 2), c.frags_m * c.frags_n, c.frags_n, c.chunk_k))
 
 
 def _smaller(config: Config) -> Optional[Config]:
-    """The next configuration to try when TVM's GPU verifier refuses one: a shorter chunk, then
-    half the fragments along the longer side of the warp tile."""
+    """The next configuration to try when TVM's GPU verifier refuses one: one stage less, a
+    shorter chunk, then half the fragments along the longer side of the warp tile."""
+    if config.stages > 1:
+        return replace(config, stages=config.stages - 1)
     if config.chunk_k > 2 * FRAGMENT:
         return replace(config, chunk_k=2 * FRAGMENT)
     if config.frags_n > 1 and config.frags_n >= config.frags_m:
@@ -229,6 +252,7 @@ def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
 
 class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
+    version = 2        # 2: TF32 operands, the cp.async software pipeline (stages)
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda" or arch_number(target) < 80:
@@ -314,6 +338,11 @@ class CudaTensorCore(ScheduleRule):
         store = sch.blockize(_split_fragments(sch, acc))
         sch.storage_align(store, 0, axis=-2, factor=WARP, offset=ACC_ROW_OFFSET)
         init = sch.decompose_reduction(tile, k_chunk)
+        if config.stages > 1:
+            # the reduction loop's body: copy A, copy B, multiply (the k_step loop)
+            sch.annotate(k_chunk, "software_pipeline_stage", [0, 0, config.stages - 1])
+            sch.annotate(k_chunk, "software_pipeline_order", [0, 1, 2])
+            sch.annotate(k_chunk, "software_pipeline_async_stages", [0])
         a_layout, b_layout = layouts(operands)
         for block, kind, layout in ((a_frag, "write", a_layout), (b_frag, "write", b_layout),
                                     (acc, "read", fragment_layout)):

@@ -224,16 +224,15 @@ def _mma_desc(storage: str, operand_value, a_layout, b_layout):
     return desc
 
 
-def mma_intrin(dtype: str):
-    """(desc, impl) of C[m, n] += A[k, m] * B[n, k] on 16x16x16 fragments, float32 accumulators:
-    two ``mma.sync.m16n8k16`` (one per 8-column half of C).  TVM's
-    ``get_mma_intrin(16, dtype, dtype, "float32", True, True)``."""
-    ptx = PTX_TYPE[dtype]
+def _mma_impl(storage: str, shape: str, ptx: str, calls: int, offsets):
+    """The implementation of the 16x16x16 multiply-add on fragments of ``storage``: ``calls``
+    ``mma.sync.<shape>`` with ``ptx`` operands, call ``q`` on the registers at ``offsets(q)`` =
+    (A, B, C element offsets), around a per-lane copy of the fragments into registers."""
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (WARP, LOCAL), dtype, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
-        B = T.match_buffer(b, (WARP, LOCAL), dtype, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        A = T.match_buffer(a, (WARP, LOCAL), storage, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
+        B = T.match_buffer(b, (WARP, LOCAL), storage, align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
         C = T.match_buffer(c, (WARP, LOCAL), "float32", align=64, offset_factor=TILE,
                            scope=FRAGMENT_SCOPE)
         with T.sblock("root"):
@@ -243,63 +242,39 @@ def mma_intrin(dtype: str):
                 with T.sblock("mma"):
                     T.reads(C[tx, 0:LOCAL], A[tx, 0:LOCAL], B[tx, 0:LOCAL])
                     T.writes(C[tx, 0:LOCAL])
-                    a_reg = T.sblock_alloc_buffer((LOCAL,), dtype, scope="local")
-                    b_reg = T.sblock_alloc_buffer((LOCAL,), dtype, scope="local")
+                    a_reg = T.sblock_alloc_buffer((LOCAL,), storage, scope="local")
+                    b_reg = T.sblock_alloc_buffer((LOCAL,), storage, scope="local")
                     c_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
                     for i in T.unroll(LOCAL):
                         a_reg[i] = A[tx, i]
                         b_reg[i] = B[tx, i]
                         c_reg[i] = C[tx, i]
-                    T.evaluate(T.ptx_legacy.mma(
-                        "m16n8k16", "row", "col", ptx, ptx, "fp32",
-                        a_reg.data, 0, b_reg.data, 0, c_reg.data, 0, False, dtype="float32"))
-                    T.evaluate(T.ptx_legacy.mma(
-                        "m16n8k16", "row", "col", ptx, ptx, "fp32",
-                        a_reg.data, 0, b_reg.data, LOCAL // 2, c_reg.data, LOCAL // 2, False,
-                        dtype="float32"))
+                    for q in T.unroll(calls):
+                        a_offset, b_offset, c_offset = T.meta_var(offsets(q))
+                        T.evaluate(T.ptx_legacy.mma(shape, "row", "col", ptx, ptx, "fp32", a_reg.data, a_offset,
+                                                    b_reg.data, b_offset, c_reg.data, c_offset, False,
+                                                    dtype="float32"))
                     for i in T.unroll(LOCAL):
                         C[tx, i] = c_reg[i]
 
+    return impl
+
+
+def mma_intrin(dtype: str):
+    """(desc, impl) of C[m, n] += A[k, m] * B[n, k] on 16x16x16 fragments, float32 accumulators:
+    two ``mma.sync.m16n8k16`` (one per 8-column half of C, B's and C's elements 4q..4q+3).  TVM's
+    ``get_mma_intrin(16, dtype, dtype, "float32", True, True)``."""
+    impl = _mma_impl(dtype, "m16n8k16", PTX_TYPE[dtype], 2, lambda q: (0, 4 * q, 4 * q))
     return _mma_desc(dtype, lambda v: T.Cast("float32", v), fragment_layout, fragment_layout), impl
 
 
 def tf32_mma_intrin():
     """(desc, impl) of C[m, n] += tf32(A[k, m]) * tf32(B[n, k]) on 16x16x16 float32 fragments: four
-    ``mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32``, one per (N half, K half).  The operands arrive
-    converted by :func:`tf32_load_intrin` (module docstring)."""
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (WARP, LOCAL), "float32", align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
-        B = T.match_buffer(b, (WARP, LOCAL), "float32", align=64, offset_factor=TILE, scope=FRAGMENT_SCOPE)
-        C = T.match_buffer(c, (WARP, LOCAL), "float32", align=64, offset_factor=TILE,
-                           scope=FRAGMENT_SCOPE)
-        with T.sblock("root"):
-            T.reads(C[0:WARP, 0:LOCAL], A[0:WARP, 0:LOCAL], B[0:WARP, 0:LOCAL])
-            T.writes(C[0:WARP, 0:LOCAL])
-            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
-                with T.sblock("mma_tf32"):
-                    T.reads(C[tx, 0:LOCAL], A[tx, 0:LOCAL], B[tx, 0:LOCAL])
-                    T.writes(C[tx, 0:LOCAL])
-                    a_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
-                    b_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
-                    c_reg = T.sblock_alloc_buffer((LOCAL,), "float32", scope="local")
-                    for i in T.unroll(LOCAL):
-                        a_reg[i] = A[tx, i]
-                        b_reg[i] = B[tx, i]
-                        c_reg[i] = C[tx, i]
-                    # (N half 0, K half 0), (0, 1), (1, 0), (1, 1): offsets per tf32_layouts
-                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
-                                                a_reg.data, 0, b_reg.data, 0, c_reg.data, 0, False, dtype="float32"))
-                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
-                                                a_reg.data, 4, b_reg.data, 4, c_reg.data, 0, False, dtype="float32"))
-                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
-                                                a_reg.data, 0, b_reg.data, 2, c_reg.data, 4, False, dtype="float32"))
-                    T.evaluate(T.ptx_legacy.mma("m16n8k8", "row", "col", "tf32", "tf32", "fp32",
-                                                a_reg.data, 4, b_reg.data, 6, c_reg.data, 4, False, dtype="float32"))
-                    for i in T.unroll(LOCAL):
-                        C[tx, i] = c_reg[i]
-
+    ``mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32``, call ``q`` on N half ``q // 2`` and K half
+    ``q % 2`` (register offsets per :func:`tf32_layouts`).  The operands arrive converted by
+    :func:`tf32_load_intrin` (module docstring)."""
+    impl = _mma_impl("float32", "m16n8k8", PTX_TYPE[TF32], 4,
+                     lambda q: (4 * (q % 2), 4 * (q % 2) + 2 * (q // 2), 4 * (q // 2)))
     return _mma_desc("float32", round_to_tf32, *tf32_layouts()), impl
 
 

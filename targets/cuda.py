@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+import contextlib
+
+import tvm
 from tvm import tirx
 from tvm.target import Target
 
@@ -48,13 +51,23 @@ def arch_number(target: Target) -> int:
     return int(arch[3:].rstrip("a")) if arch.startswith("sm_") else 0
 
 
-#: The first architecture with TF32 tensor cores (Ampere); before it torch's TF32 setting changes nothing.
-TF32_ARCH = 80
+#: Ampere, the first architecture with TF32 tensor cores and cp.async (before it torch's TF32 setting
+#: changes nothing)
+AMPERE = 80
 
 
 def has_tf32(target: Target) -> bool:
     """Whether ``target`` is a GPU with TF32 tensor cores (where torch's TF32 setting applies)."""
-    return str(target.kind.name) == "cuda" and arch_number(target) >= TF32_ARCH
+    return str(target.kind.name) == "cuda" and arch_number(target) >= AMPERE
+
+
+def compile_context(target: Target):
+    """The PassContext a kernel for ``target`` is compiled in: on sm_80+ copies that a schedule's
+    software pipeline marks asynchronous become ``cp.async`` (``tirx.use_async_copy``; schedules
+    without such marks are unchanged); elsewhere the caller's context."""
+    if not (str(target.kind.name) == "cuda" and arch_number(target) >= AMPERE):
+        return contextlib.nullcontext()
+    return tvm.transform.PassContext(config={"tirx.use_async_copy": True})
 
 
 def round_to_tf32(x):

@@ -18,6 +18,7 @@ what the rule emits.
 import ast
 import copy
 import functools
+from dataclasses import replace
 import importlib.util
 import pathlib
 import re
@@ -38,10 +39,10 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
-from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, Gemm, choose_config, gemm_of
+from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, Gemm, choose_config, gemm_of
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
-from targets.cuda import round_to_tf32
+from targets.cuda import compile_context, round_to_tf32
 
 # The rule runs TVM's GPU verifier, whose first TuneContext imports every target's tensor
 # intrinsics: ~60 s on two cores, ~8 s with this (see compiler/metaschedule_startup.py).
@@ -171,10 +172,16 @@ def test_fused_epilogue_is_applied_on_the_block_tile():
     assert bool(((y.double() - exact).abs() <= bound).all())
 
 
-def _ptx_and_source(layer: str, dtype: str, arch: str):
+def _cuda_source(layer: str, dtype: str, arch: str) -> str:
+    """The CUDA source of the rule's kernel, compiled as the modules compile it (cp.async on)."""
     _, target, sch = _scheduled(layer, dtype, arch)
-    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
-    return source, cuda_binary.compile_device_code(source, target, "ptx").decode()
+    with compile_context(target):
+        return cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+
+
+def _ptx_and_source(layer: str, dtype: str, arch: str):
+    source = _cuda_source(layer, dtype, arch)
+    return source, cuda_binary.compile_device_code(source, resolve(f"cuda/{arch}"), "ptx").decode()
 
 
 CODEGEN_LAYERS = ("dense3x3", "odd_no_bias", "transposed")
@@ -200,6 +207,24 @@ def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
     assert f".target {arch}" in ptx
 
 
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", CODEGEN_LAYERS)
+def test_ptx_pipelines_the_staging_with_cp_async(layer, dtype, arch):
+    """The chunks are staged through the software pipeline: ``cp.async`` for copies of 4 or more
+    bytes (16-byte ``.cg`` weight rows; TF32's 4-byte ``.ca`` input pixels), committed in groups and
+    waited for with ``cp.async.wait_group`` before a chunk is multiplied; 2-byte copies (the half
+    types' NCHW input pixels, the transposed layer's weight taps) stay synchronous loads."""
+    _, _, sch = _scheduled(layer, dtype, arch)
+    assert "software_pipeline_stage" in str(sch.trace)
+    _, ptx = _ptx_and_source(layer, dtype, arch)
+    assert "cp.async.commit_group" in ptx and "cp.async.wait_group" in ptx
+    weight_rows = not LAYERS[layer][0].transposed                  # 16-byte weight vectors
+    assert ("cp.async.cg.shared.global" in ptx) == weight_rows
+    assert ("cp.async.ca.shared.global" in ptx) == (dtype == "tf32")
+
+
 PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
 
@@ -221,8 +246,7 @@ def ptxas_report(source: str, arch: str, tmp_path: pathlib.Path):
 def test_ptxas_sm90_no_spills_and_fragments_in_registers(layer, dtype, tmp_path):
     """No spills and no stack frame: the [32, 8]-per-fragment local arrays (tensor_intrinsics.py)
     are promoted to registers, and the accumulators fit."""
-    _, target, sch = _scheduled(layer, dtype, "sm_90")
-    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    source = _cuda_source(layer, dtype, "sm_90")
     for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
         assert (stack, stores, loads) == (0, 0, 0)
         assert registers <= 255
@@ -258,8 +282,7 @@ def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
     """The machine code, not only the PTX: ptxas turned the mma.sync into HMMA of the layer's operand
     type and the ldmatrix into LDSM (TF32: 32-bit shared loads), and the inner loop's operands come
     from shared memory."""
-    _, target, sch = _scheduled(layer, dtype, arch)
-    source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    source = _cuda_source(layer, dtype, arch)
     ptxas_report(source, arch, tmp_path)                       # writes kernel.cubin
     sass = subprocess.run([cuobjdump(), "-sass", "kernel.cubin"], cwd=tmp_path, capture_output=True, text=True,
                           check=True).stdout
@@ -279,7 +302,11 @@ def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
     config = choose_config(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target)
     assert (config.warps_m, config.warps_n, config.frags_m, config.frags_n) == (2, 2, 3, 3)
     assert config.frags_m * config.frags_n * FRAGMENT * FRAGMENT // 32 <= ACCUMULATOR_SHARE * 255
-    assert config.shared_bytes() <= int(target.attrs["max_shared_memory_per_block"])
+    limit = int(target.attrs["max_shared_memory_per_block"])
+    assert config.shared_bytes() <= limit and config.stages >= 2
+    assert replace(config, stages=config.stages + 1).shared_bytes() > limit or config.stages == MAX_STAGES
+    tf32 = choose_config(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target, element_bytes=4)
+    assert tf32.stages >= 2 and tf32.shared_bytes() <= limit
 
 
 @pytest.mark.parametrize("layer, dtype", [("dense3x3", "float16"), ("odd_no_bias", "float16"),
