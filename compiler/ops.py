@@ -18,12 +18,12 @@ default, ``''`` for hand-written schedules only.  Double backward is refused wit
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import tvm_ffi
 from torch.utils._python_dispatch import _get_current_dispatch_mode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from targets.cuda import has_tf32
 
@@ -60,13 +60,21 @@ for _name, _schema in _SCHEMAS.items():
 
 
 # ------------------------------------------------------------------------------ when to use them
+_TENSOR, _PARAMETER, _PROXY = torch.Tensor, torch.nn.Parameter, torch.fx.Proxy
+_is_compiling, _is_tracing = torch.compiler.is_compiling, torch._C._is_tracing
+
+
 def traced(*tensors) -> bool:
     """Whether something other than eager execution on real tensors is running: torch.compile or
-    export, jit tracing, a dispatch mode (fake tensors...), fx proxies or tensor subclasses."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None:
+    export, jit tracing, a dispatch mode (fake tensors...), fx proxies or tensor subclasses.
+    (Names bound once and a plain loop: this runs at every module call.)"""
+    if _is_compiling() or _is_tracing() or _get_current_dispatch_mode() is not None:
         return True
-    return any(type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and
-               (isinstance(t, (torch.Tensor, torch.fx.Proxy))) for t in tensors)
+    for t in tensors:
+        kind = type(t)
+        if kind is not _TENSOR and kind is not _PARAMETER and t is not None and isinstance(t, (_TENSOR, _PROXY)):
+            return True
+    return False
 
 
 def needs_operator(*tensors) -> bool:
@@ -74,7 +82,12 @@ def needs_operator(*tensors) -> bool:
     differentiate it."""
     if traced(*tensors):
         return True
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------ the layer
@@ -154,27 +167,33 @@ def launch(kernel, *tensors: torch.Tensor) -> None:
         kernel(*tensors)
 
 
-_PACKED = WeakIdKeyDictionary()
+#: id(weight) -> (weakref to the weight, key, packed copy); an entry leaves with its weight.  A plain
+#: dict keyed by id: a WeakIdKeyDictionary lookup took ~3 of a small layer's ~35 us per call.
+_PACKED: Dict[int, tuple] = {}
 
 
 def packed_weight(kernel: Kernel, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as ``kernel`` takes it, packed once per weight tensor and version (the operator's
     path: a compiled or exported model passes the same parameter tensor at every call)."""
-    w = weight.detach()
     if kernel.pack is None:
-        return w.contiguous()
-    key = (weight._version, w.data_ptr(), kernel.packed_weight_shape, w.dtype)
-    hit = _PACKED.get(weight)
-    if hit is None or hit[0] != key:
+        return weight.detach().contiguous()
+    key = (weight._version, weight.data_ptr(), kernel.packed_weight_shape, weight.dtype)
+    hit = _PACKED.get(id(weight))
+    if hit is None or hit[0]() is not weight or hit[1] != key:
+        w = weight.detach()
         packed = w.new_empty(kernel.packed_weight_shape)
         launch(kernel.pack, w.contiguous(), packed)
-        hit = _PACKED[weight] = (key, packed)
-    return hit[1]
+        if hit is None or hit[0]() is not weight:
+            weakref.finalize(weight, _PACKED.pop, id(weight), None)
+        hit = _PACKED[id(weight)] = (weakref.ref(weight), key, packed)
+    return hit[2]
 
 
 def drop_packed_weight(weight: torch.Tensor) -> None:
     """Forget ``weight``'s packed copy (after writes through ``weight.data``, which keep its version)."""
-    _PACKED.pop(weight, None)
+    hit = _PACKED.get(id(weight))
+    if hit is not None and hit[0]() is weight:
+        del _PACKED[id(weight)]
 
 
 def tf32_allowed(dtype: torch.dtype, device: torch.device) -> bool:
