@@ -186,7 +186,8 @@ def tune_model(model: torch.nn.Module, example_inputs, target: TargetLike = None
                                                space_generator=design_space.generator(t.request, target, space),
                                                search_strategy=settings.make_strategy(),
                                                task_name=f"task{i}", rand_state=settings.rand_state(i),
-                                               num_threads=workers).clone() for i, t in enumerate(tasks)]
+                                               num_threads=settings.search_threads(workers)).clone()
+                                for i, t in enumerate(tasks)]
                     ms.tune_tasks(tasks=contexts, task_weights=[float(w) for w in weights], work_dir=str(run.path),
                                   max_trials_global=remaining, num_trials_per_iter=trials_per_iter,
                                   builder=builder, runner=runner, database=writer,

@@ -55,6 +55,12 @@ class SearchSettings:
         if self.seed is not None and not 0 <= self.seed < 2 ** 31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
 
+    def search_threads(self, workers: int) -> int:
+        """Threads that propose candidates: one with a seed.  MetaSchedule samples in parallel with a
+        random stream per thread, and which thread takes which candidate depends on timing, so two
+        seeded runs on two threads proposed different candidates on a loaded machine (CI)."""
+        return 1 if self.seed is not None else workers
+
     def make_strategy(self) -> ms.search_strategy.SearchStrategy:
         if self.strategy == "replay-trace":
             return ms.search_strategy.ReplayTrace()

@@ -286,7 +286,8 @@ def _tune(request, target, trials, db_dir, trials_per_iter, runner, workers, set
                             cost_model=settings.make_cost_model(workers),
                             space=design_space.generator(request, target, settings.space),
                             measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                            + [counter], num_tuning_cores=workers, seed=settings.seed)
+                            + [counter], num_tuning_cores=settings.search_threads(workers),
+                            seed=settings.seed)
             if getattr(out, "isatty", lambda: False)():
                 out.write("\n")
         if final_check:
