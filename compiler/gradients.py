@@ -22,7 +22,6 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 import tvm
-import tvm_ffi
 from tvm import te
 
 from schedules import schedule_bias_grad
@@ -30,6 +29,7 @@ from schedules import schedule_bias_grad
 from . import compute, library_cache
 from .build import ENTRY, Kernel, generation, get_kernel
 from .modules import SUPPORTED_DTYPES, _device_target
+from .ops import launch
 from .request import PAD_GRAD, WEIGHT_GRAD, KernelRequest
 from .spec import ConvSpec
 
@@ -45,14 +45,14 @@ def conv_input_grad(spec: ConvSpec, input_shape, weight: torch.Tensor, grad_outp
     kernel, w = plan.kernel, weight.detach().contiguous()
     if kernel.pack is not None:
         packed = w.new_empty(kernel.packed_weight_shape)
-        _launch(kernel.pack, w, packed)
+        launch(kernel.pack, w, packed)
         w = packed
     result = grad_output.new_empty(kernel.request.output_shape)
-    _launch(kernel, grad_output.detach().contiguous(), w, result)
+    launch(kernel, grad_output.detach().contiguous(), w, result)
     if plan.fold is None:
         return result
     grad_input = grad_output.new_empty(input_shape)
-    _launch(plan.fold, result, grad_input)
+    launch(plan.fold, result, grad_input)
     return grad_input
 
 
@@ -67,7 +67,7 @@ def conv_weight_grad(spec: ConvSpec, input: torch.Tensor, grad_output: torch.Ten
     if plan.kernel is None:
         return grad_output.new_zeros(plan.weight_shape)
     grad_weight = grad_output.new_empty(plan.weight_shape)
-    _launch(plan.kernel, input.detach().contiguous(), grad_output.detach().contiguous(), grad_weight)
+    launch(plan.kernel, input.detach().contiguous(), grad_output.detach().contiguous(), grad_weight)
     return grad_weight
 
 
@@ -82,7 +82,7 @@ def conv_bias_grad(grad_output: torch.Tensor, *, target=None) -> torch.Tensor:
         return grad_output.new_zeros(channels)
     kernel = _bias_kernel(tuple(grad_output.shape), dtype, target or _device_target(grad_output.device))
     grad_bias = grad_output.new_empty(channels)
-    _launch(kernel, grad_output.detach().contiguous(), grad_bias)
+    launch(kernel, grad_output.detach().contiguous(), grad_bias)
     return grad_bias
 
 
@@ -174,15 +174,6 @@ def _unbiased(spec: ConvSpec) -> ConvSpec:
 
 
 # ---------------------------------------------------------------------------------------- kernels
-def _launch(kernel, *tensors: torch.Tensor) -> None:
-    """Run ``kernel`` on ``tensors`` (CUDA ones on torch's current stream of their device)."""
-    if tensors[-1].is_cuda:
-        with torch.cuda.device(tensors[-1].device), tvm_ffi.use_torch_stream():
-            kernel(*tensors)
-    else:
-        kernel(*tensors)
-
-
 _BIAS_KERNELS: Dict[tuple, object] = {}
 _BIAS_LOCK = threading.Lock()
 
