@@ -484,11 +484,18 @@ def test_a_tf32_request_is_its_own_kernel_and_workload():
 
 @pytest.fixture
 def torch_tf32_setting():
-    """Restores torch's TF32 settings for convolutions after a test changes them."""
-    saved = torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.fp32_precision
+    """Restores torch's TF32 settings after a test changes them through both of torch's APIs.
+
+    Restored through the legacy ``allow_tf32``, which sets conv and RNN alike: once the new API has
+    set conv after the legacy one, torch refuses every later read of ``allow_tf32`` in the process
+    (torch.export reads it) even with the new API's values put back one by one (torch 2.13)."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision
+    assert saved[0] == saved[1], "the test process started with mixed TF32 settings"
     yield
-    torch.backends.cudnn.fp32_precision = saved[1]
-    torch.backends.cudnn.conv.fp32_precision = saved[0]
+    cudnn.allow_tf32 = saved[0] == "tf32"
+    assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == saved
+    assert cudnn.allow_tf32 == (saved[0] == "tf32")          # readable again: not a mixed state
 
 
 def test_tf32_follows_torchs_setting_for_convolutions(torch_tf32_setting):
