@@ -86,6 +86,11 @@ def publish(path: Path, write) -> None:
             tmp.unlink()
 
 
+def is_host_cpu(target) -> bool:
+    """An llvm target without a foreign ``mtriple``: its kernels run (and are cached) in this process."""
+    return target.kind.name == "llvm" and not target.attrs.get("mtriple")
+
+
 def exports() -> bool:
     """Whether kernels are exported to cached libraries (a C++ compiler is found, none failed)."""
     from tvm.support import cc
@@ -100,7 +105,7 @@ def load(mod: tvm.IRModule, target) -> Tuple[object, Optional[Path]]:
     to ``threads.attach``.  Otherwise, or when exporting fails (no C++ compiler: one warning, then
     this process stops trying), it is ``tvm.compile``'s in-memory executable and the path is None.
     Compile errors propagate."""
-    if target.kind.name != "llvm" or target.attrs.get("mtriple") or _STATE.get("export_failed"):
+    if not is_host_cpu(target) or _STATE.get("export_failed"):
         with compile_context(target):                   # CUDA: pipelined copies become cp.async
             return tvm.compile(mod, target=target), None
     path = cache_dir() / "kernels" / f"{kernel_key(mod, target)}.so"

@@ -107,9 +107,9 @@ def export_model(model: torch.nn.Module, example_inputs, out_dir, target: Target
 def _copy_launcher(target, out: Path):
     """The OpenMP launcher and its glue into ``out`` for a host-CPU export: the launcher's file name,
     or None (another target, or no C++ compiler to build it with)."""
-    if target.kind.name != "llvm" or target.attrs.get("mtriple"):
+    from . import library_cache, threads
+    if not library_cache.is_host_cpu(target):
         return None
-    from . import threads
     try:
         built = threads.launcher_library()
     except Exception:  # noqa: BLE001 - no compiler: the export keeps TVM's pool (the loader says so)

@@ -54,10 +54,6 @@ def model_jobs(model, inputs) -> List[Job]:
     return jobs
 
 
-def _is_host_cpu(target: Target) -> bool:
-    return target.kind.name == "llvm" and not target.attrs.get("mtriple")
-
-
 def _cached(job: Job) -> bool:
     return build.cached(job.request, job.target, prepacked=True, database=job.database)
 
@@ -69,7 +65,7 @@ def compile_all(jobs: Iterable[Job]) -> None:
     todo = [job for job in unique if not _cached(job)]
     helper = None
     if len(todo) >= MIN_JOBS and len(os.sched_getaffinity(0)) > 1 and library_cache.exports() and \
-            all(_is_host_cpu(job.target) for job in todo):
+            all(library_cache.is_host_cpu(job.target) for job in todo):
         helper = _Helper(todo)
     try:
         front = 0
