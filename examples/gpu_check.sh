@@ -3,65 +3,74 @@
 # Everything is built and checked here first; the GPU's minutes go to tests and measurements only.
 #
 # Here, once:   bash ../shared/gpu/make-kit.sh --compiler        (.gpukit/, ~6 min on 2 cores)
+#               python examples/tensorcore_sweep.py build .sweep --smem 227   (tile sweep, nvcc here, ~3 min)
 #               bash examples/gpu_check.sh dry                   (every command below, --dry-run, on the CPU)
 # On the GPU machine, three runs back to back (the machine stays warm ~30 s between them):
 #   1. carry [".gpukit/compiler.so.xz", ".gpukit/on-device.sh"]:   bash .gpukit/on-device.sh stage-compiler
-#   2. carry [".gpukit/runtime.tar.xz", ".gpukit/on-device.sh"]:   bash examples/gpu_check.sh check
-#      the CUDA tests (tensor-core rule included), then the benchmark against cuDNN in each setting
-#      the tensor-core issue names; tables and JSON under $OUT/bench-*.
+#   2. carry [".gpukit/runtime.tar.xz", ".gpukit/on-device.sh", ".sweep"]:   bash examples/gpu_check.sh check
+#      the tile sweep, the benchmark against cuDNN (examples/cuda_layers.txt) in each setting the
+#      tensor-core issue names, most wanted first, and the GPU tests; logs, tables and JSON in $OUT/results.tar.
 #   3. same carry:                                                 bash examples/gpu_check.sh tune
-#      tunes the benchmark suite for sm_90 (float16) and leaves the record folder in $OUT/tuning_logs;
+#      tunes the benchmark suite for sm_90 (float16) and leaves the record folder in $OUT/results.tar (tuning_logs/);
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
 # Each step has a time limit of its own so that one slow step cannot eat the run (10 minutes at most).
 set -uo pipefail
 mode=${1:?usage: gpu_check.sh dry|check|tune}
 OUT=${OUT:-/tmp/gpu_check_out}
-mkdir -p "$OUT"
+RES=/tmp/gpu_check_results        # logs and tables; $OUT/results.tar holds them all after every step
+mkdir -p "$OUT" "$RES"            # (a run brings back at most 8 files)
 
+LAYERS=examples/cuda_layers.txt
 SETTINGS=(                                     # name : bench flags (most wanted first)
   "f16-b32:--dtype float16 --batch 32"
   "bf16-b32:--dtype bfloat16 --batch 32"
+  "f32-tf32-b32:--dtype float32 --tf32 --batch 32"
   "f16-b32-cl:--dtype float16 --batch 32 --channels-last"
-  "f32-tf32:--dtype float32 --tf32"
-  "f32:--dtype float32"
+  "f32-b32:--dtype float32 --batch 32"
   "f16-b1:--dtype float16 --batch 1"
 )
 
-step() {   # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, say how it went
+step() {   # step NAME SECONDS COMMAND...: run with a limit, log to $RES/NAME.log, say how it went
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" > "$RES/$name.log" 2>&1
   local rc=$?
-  printf '%-14s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$(tail -n 1 "$OUT/$name.log")"
+  printf '%-14s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$(tail -n 1 "$RES/$name.log")"
+  tar -cf "$OUT/results.tar" -C "$RES" .
 }
 
 case $mode in
   dry)            # the arguments of every benchmark and tuning command, checked here without a GPU
     for s in "${SETTINGS[@]}"; do
       flags=${s#*:}
-      python -m compiler bench --dry-run --no-tuned ${flags/--tf32/} > /dev/null || exit 1   # --tf32 needs a GPU
+      python -m compiler bench --dry-run --no-tuned --layers-file $LAYERS ${flags/--tf32/} > /dev/null || exit 1   # --tf32 needs a GPU
       echo "bench ${s#*:}: arguments checked"
     done
     # measuring needs the GPU: here the same arguments are checked as if through an RPC tracker
     python -m compiler tune --dry-run --suite --target cuda/sm_90 --dtype float16 --trials 64 \
-      --work-dir "$OUT/tuning_logs" --rpc-tracker 127.0.0.1:9190 --rpc-key h100 > /dev/null || exit 1
+      --work-dir "$RES/tuning_logs" --rpc-tracker 127.0.0.1:9190 --rpc-key h100 > /dev/null || exit 1
     echo "tune --suite --target cuda/sm_90 --dtype float16: arguments checked"
     ;;
   check)
     source .gpukit/on-device.sh
     python3 -c "import tvm; tvm.target.Target('cuda'); print('TVM', tvm.__version__)" || exit 1
-    nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv > "$OUT/gpu.txt"
-    step tests 240 python3 -m pytest -q -x tests/test_cuda.py tests/test_tensorcore.py tests/test_cuda_emulated.py
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv > "$RES/gpu.txt"
+    [[ -f .sweep/manifest.json ]] && step sweep 100 python3 examples/tensorcore_sweep.py run .sweep "$RES/sweep.json" \
+      && sed -n '/^per layer/,$p' "$RES/sweep.log"
     for s in "${SETTINGS[@]}"; do
       name=${s%%:*}
-      step "bench-$name" 150 python3 -m compiler bench --device cuda --no-tuned ${s#*:} --json "$OUT/bench-$name.json"
+      step "bench-$name" 100 python3 -m compiler bench --device cuda --no-tuned --layers-file $LAYERS ${s#*:} \
+        --json "$RES/bench-$name.json"
+      # the tests after the three settings the issue's goals name (the GPU-only ones: the rest ran on the CPU)
+      [[ $name == f32-tf32-b32 ]] && step tests 150 python3 -m pytest -q -x -rs -k gpu tests/test_cuda.py \
+        tests/test_tensorcore.py tests/test_gradients.py
     done
-    grep -h "geometric-mean" "$OUT"/bench-*.log
+    grep -h "geometric-mean" "$RES"/bench-*.log
     ;;
   tune)
     source .gpukit/on-device.sh
     step tune 540 python3 -m compiler tune --suite --target cuda/sm_90 --dtype float16 --trials 64 \
-      --work-dir "$OUT/tuning_logs"
+      --work-dir "$RES/tuning_logs"
     ;;
   *) echo "unknown mode $mode (dry, check or tune)" >&2; exit 2 ;;
 esac

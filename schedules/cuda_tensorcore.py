@@ -7,7 +7,8 @@ is materialised: the layout transformations (``transform_block_layout`` + ``rein
 MetaSchedule's tensor-core rule does) only rename the loops, and the shared-memory copies read the
 input and the weight in torch's layouts, the padding (and the GEMM's own padding to whole tiles)
 computed in the copy.  A is staged ``[k, m]`` (a warp reads 32 consecutive output pixels: one
-coalesced row of the NCHW input), B ``[n, k]`` (torch's weight rows, 16-byte vector loads).
+coalesced row of the NCHW input; 16-byte vector loads for 1x1 layers, whose rows are runs of the
+input plane), B ``[n, k]`` (torch's weight rows, 16-byte vector loads).
 
 Per thread block: ``block_m x block_n`` outputs, ``warps_m x warps_n`` warps each owning
 ``frags_m x frags_n`` 16x16 float32 accumulator fragments.  The reduction runs in chunks of
@@ -40,6 +41,7 @@ GEMMs with fewer than 16 rows, and transposed layers whose stride and dilation s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
@@ -97,6 +99,7 @@ class Config:
     chunk_k: int       # reduction staged in shared memory per step (multiple of 16)
     element_bytes: int = 2   # of the staged operands: 2 (float16, bfloat16) or 4 (float32 for TF32)
     stages: int = 1    # chunks of A and B in shared memory at once (software pipeline depth)
+    input_vector: int = 1   # input elements per global load (``input_vector``; 1: a pixel each)
 
     @property
     def block_m(self) -> int:
@@ -252,7 +255,7 @@ def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
 
 class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
-    version = 2        # 2: TF32 operands, the cp.async software pipeline (stages)
+    version = 3        # 2: TF32 operands, the cp.async software pipeline (stages); 3: 1x1 input vectors
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda" or arch_number(target) < 80:
@@ -269,8 +272,21 @@ class CudaTensorCore(ScheduleRule):
         if gemm.m < FRAGMENT:
             return None
         element_bytes = 4 if STORAGE[operands] == "float32" else 2
-        return first_verified(choose_config(gemm, target, element_bytes), lambda c: self.schedule(func, workload, c),
+        config = choose_config(gemm, target, element_bytes)
+        if config is not None:
+            config = replace(config, input_vector=input_vector(workload, config))
+        return first_verified(config, lambda c: self._schedule_contiguous(func, workload, c),
                               _smaller, target)
+
+    @classmethod
+    def _schedule_contiguous(cls, func, workload, config: Config) -> s_tir.Schedule:
+        """``schedule`` with ``config``, or without input vectors where TVM's vectorizer could not
+        prove a vector's pixels consecutive (it then gathers them, and nvcc rejects the 8-half
+        ``make_uint4`` the CUDA codegen writes for that)."""
+        sch = cls.schedule(func, workload, config)
+        if config.input_vector > 1 and gathers(sch.mod, "input"):
+            sch = cls.schedule(func, workload, replace(config, input_vector=1))
+        return sch
 
     @staticmethod
     def schedule(func, workload, config: Config) -> s_tir.Schedule:
@@ -320,7 +336,7 @@ class CudaTensorCore(ScheduleRule):
         # and convolution padding blocks are inlined into these copies.
         warps = config.warps_m * config.warps_n
         skew_a, skew_b = config.skews
-        a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=1, skew=skew_a)
+        a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=config.input_vector, skew=skew_a)
         b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config), skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
@@ -389,6 +405,60 @@ def _weight_vector(spec, config: Config) -> int:
     while lanes > 1 and (k % lanes or config.chunk_k % lanes):
         lanes //= 2
     return lanes
+
+
+def input_vector(workload, config: Config) -> int:
+    """Elements per vector load of the input.  A row of A (``[k, m]``) holds one input channel at
+    consecutive output pixels; for a 1x1, stride-1, unpadded layer those are consecutive elements of
+    the channel's NCHW plane, so ``VECTOR_BYTES`` loads (``cp.async`` 16 bytes) when the plane
+    and the block's pixels are whole vectors (a vector then never spans two images or the GEMM's
+    padding); every other layer reads a tap per element (its padding or stride breaks the run)."""
+    spec = workload.spec
+    if spec.transposed or tuple(spec.kernel_size) != (1, 1) or tuple(spec.stride) != (1, 1) or any(spec.pads):
+        return 1
+    plane = workload.input_shape[2] * workload.input_shape[3]
+    lanes = VECTOR_BYTES // config.element_bytes
+    while lanes > 1 and (plane % lanes or config.block_m % lanes):
+        lanes //= 2
+    return lanes
+
+
+def gathers(mod, buffer: str) -> bool:
+    """Whether ``mod``, lowered as ``tvm.compile`` lowers it up to vectorization, reads ``buffer`` in
+    vectors whose lanes are not consecutive (a gather, not a ``Ramp`` index)."""
+    import tvm
+    from tvm import tirx
+    st, tt = s_tir.transform, tirx.transform
+    lowering = tvm.transform.Sequential([      # s_tir.pipeline's lowering to vectors, simplified
+        st.CanonicalizeLoop(), st.LowerCrossThreadReduction(), st.LowerInitBlock(),
+        st.PlanAndUpdateBufferAllocationLocation(), st.ConvertBlocksToOpaque(), st.LiftThreadBinding(),
+        st.ManifestSharedMemoryLocalStage(), st.CompactBufferAllocation(), st.LowerAutoCopy(),
+        st.UnifyThreadBinding(), st.LowerMatchBuffer(), st.StmtSimplify(), st.InjectPermutedLayout(),
+        st.AnnotateIrregularLoop(), st.InjectSoftwarePipeline(), st.TransformMmaBufferLayout(),
+        st.LowerOpaqueBlock(), tt.FlattenBuffer(), tt.BF16ComputeLegalize(), tt.NarrowDataType(32),
+        st.LoopPartition(), tt.VectorizeLoop(True), tt.StmtSimplify()])
+    text = lowering(mod).script()
+    for start in (m.end() for m in re.finditer(rf"\b{buffer}(_\d+)?\[", text)):
+        index = _bracketed(text, start)
+        if ("T.Ramp(" in index or "T.Broadcast(" in index) and not _is_ramp(index):
+            return True
+    return False
+
+
+def _bracketed(text: str, start: int) -> str:
+    """The text from ``start`` to the bracket that closes the one just before it."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def _is_ramp(index: str) -> bool:
+    """Whether a printed index is one ``T.Ramp(base, 1, lanes)``: consecutive elements."""
+    return index.startswith("T.Ramp(") and _bracketed(index, len("T.Ramp(")) == index[len("T.Ramp("):-1] \
+        and re.search(r", 1, \d+\)$", index) is not None
 
 
 def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector: int, skew: int):

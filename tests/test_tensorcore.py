@@ -61,6 +61,10 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc
 # Small shapes (the emulation runs each thread's staging serially), each padding some GEMM axis.
 LAYERS = {
     "pointwise_batch2": (ConvSpec.conv2d(64, 32, 1), (2, 64, 7, 9)),
+    # planes of whole 16-byte vectors: A is staged with vector loads, through the pipeline (3 chunks)
+    "pointwise_vector": (ConvSpec.conv2d(96, 48, 1, bias=False), (2, 96, 4, 8)),
+    # ... but vectors TVM cannot prove consecutive here (a 48-pixel block over 24-pixel planes)
+    "pointwise_unproven": (ConvSpec.conv2d(96, 48, 1, bias=False), (2, 96, 4, 6)),
     "dense3x3": (ConvSpec.conv2d(32, 64, 3, padding=1), (1, 32, 12, 12)),
     "strided": (ConvSpec.conv2d(16, 32, 3, stride=2, padding=1), (1, 16, 15, 15)),
     "dilated": (ConvSpec.conv2d(32, 32, 3, padding=2, dilation=2), (1, 32, 10, 10)),
@@ -223,6 +227,41 @@ def test_ptx_pipelines_the_staging_with_cp_async(layer, dtype, arch):
     weight_rows = not LAYERS[layer][0].transposed                  # 16-byte weight vectors
     assert ("cp.async.cg.shared.global" in ptx) == weight_rows
     assert ("cp.async.ca.shared.global" in ptx) == (dtype == "tf32")
+
+
+#: a cp.async copy in the CUDA source: (cache mode, bytes, the tensor it reads)
+CP_ASYNC_COPY = re.compile(r"ptx_cp_async_legacy_(?:pred_)?(c[ag])_(\d+)_\w*\(buf_dyn_shmem_ptr, [^;]*?(\w+)_ptr")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ("pointwise_vector", "pointwise_unproven", "pointwise_batch2", "dense3x3"))
+def test_input_of_a_1x1_layer_is_staged_in_16_byte_copies(layer, dtype):
+    """A 1x1 layer whose input planes are whole 16-byte vectors stages its input with 16-byte
+    ``cp.async`` (A's rows are runs of the plane); an odd plane (7x9), a padded 3x3 layer, or vectors
+    TVM's vectorizer cannot prove consecutive (it would gather them, in a ``make_uint4`` of 8 halves
+    nvcc rejects) read a pixel per copy (2-byte loads for the half types, 4-byte ``cp.async`` for
+    TF32).  nvcc compiles each."""
+    source, _ = _ptx_and_source(layer, dtype, "sm_90")
+    copies = {(tensor, int(size)) for _, size, tensor in CP_ASYNC_COPY.findall(source)}
+    expected_input = {16} if layer == "pointwise_vector" else ({4} if dtype == "tf32" else set())
+    assert {size for tensor, size in copies if tensor == "input"} == expected_input
+    assert ("weight", 16) in copies and "make_uint4(input" not in source
+
+
+def test_gather_detection_sees_lowered_vectors():
+    """``gathers`` tells a contiguous vector read from a gathered one in the lowered kernel."""
+    from dataclasses import replace
+
+    from schedules.cuda_tensorcore import choose_config, gathers, gemm_of
+    for layer, gathered in (("pointwise_vector", False), ("pointwise_unproven", True)):
+        spec, shape = LAYERS[layer]
+        request = _request(spec, shape, "float16")
+        func = build.prim_func(request)
+        config = choose_config(gemm_of(s_tir.Schedule(func), spec)[0], resolve("cuda/sm_90"))
+        sch = CudaTensorCore.schedule(func, build.workload_of(request), replace(config, input_vector=8))
+        assert gathers(sch.mod, "input") == gathered
+        assert not gathers(sch.mod, "weight")
 
 
 PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")

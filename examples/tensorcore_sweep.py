@@ -1,0 +1,226 @@
+"""Sweep the cuda-tensorcore rule's tile parameters on a GPU, built here, measured there.
+
+The rule picks its block/warp tiles, chunk and pipeline depth from the shape and the target's
+limits (``schedules.cuda_tensorcore.choose_config``); this measures that choice against its
+neighbours on a real GPU, so the defaults rest on measurements.  Compiling needs no GPU: ``build``
+schedules each configuration with the rule's own ``schedule``, compiles it for the architecture
+(nvcc) and exports one library per configuration; ``run`` needs only TVM's runtime (the 5 MB
+route of ../shared/gpu/README.md), checks every kernel against torch on the GPU and times it
+against cuDNN with CUDA events, both memory formats.
+
+    python examples/tensorcore_sweep.py build .sweep --arch sm_90          # here (nvcc)
+    python examples/tensorcore_sweep.py run .sweep $OUT/sweep.json         # on the GPU machine
+
+``--smem KB`` builds for a larger shared-memory limit than the 48 KB static one (TVM's CUDA runtime
+raises a kernel's dynamic shared memory limit when a launch asks for more than 48 KB).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: (layer, input shape, dtype): ResNet-50's 3x3 and 1x1 convolutions at batch 32, a DCGAN
+#: transposed layer, and the TF32 / bfloat16 forms of the issue's example layer.
+LAYERS = [
+    ("Conv2d(128, 128, 3, padding=1, bias=False)", (32, 128, 28, 28), "float16"),
+    ("Conv2d(64, 64, 3, padding=1, bias=False)", (32, 64, 56, 56), "float16"),
+    ("Conv2d(256, 256, 3, padding=1, bias=False)", (32, 256, 14, 14), "float16"),
+    ("Conv2d(512, 512, 3, padding=1, bias=False)", (32, 512, 7, 7), "float16"),
+    ("Conv2d(256, 64, 1, bias=False)", (32, 256, 56, 56), "float16"),
+    ("Conv2d(1024, 256, 1, bias=False)", (32, 1024, 14, 14), "float16"),
+    ("ConvTranspose2d(256, 128, 4, stride=2, padding=1, bias=False)", (32, 256, 16, 16), "float16"),
+    ("Conv2d(128, 128, 3, padding=1, bias=False)", (32, 128, 28, 28), "bfloat16"),
+    ("Conv2d(128, 128, 3, padding=1, bias=False)", (32, 128, 28, 28), "tf32"),
+]
+
+
+def candidates(gemm, target, element_bytes, hand, count, rng):
+    """The hand choice, then up to ``count - 1`` other configurations that fit the target."""
+    from dataclasses import replace
+
+    from schedules.cuda_tensorcore import Config, pipeline_stages
+    limit = int(target.attrs["max_shared_memory_per_block"])
+    registers = int(target.attrs["registers_per_block"])
+    pool = []
+    for wm, wn, fm, fn, chunk, stages in itertools.product((1, 2, 4), (1, 2, 4), (1, 2, 4), (1, 2, 4),
+                                                           (16, 32, 64), (1, 2, 3, 4)):
+        c = Config(wm, wn, fm, fn, chunk, element_bytes, stages)
+        threads = c.threads
+        if threads > 512 or fm * fn * 8 > min(255, registers // threads) // 2:
+            continue
+        if stages > 1 and stages > -(-gemm.k // chunk) or c.shared_bytes() > limit:
+            continue
+        if c.block_m > 2 * max(gemm.m, 16) or c.block_n > 2 * max(gemm.n, 16):
+            continue
+        pool.append(c)
+    rng.shuffle(pool)
+    # the hand choice's neighbours first (one parameter changed), then random ones
+    near = [c for c in pool if sum(a != b for a, b in zip(c.__dict__.values(), hand.__dict__.values())) == 1]
+    chosen = [hand]
+    for c in near + pool:
+        if c not in chosen and len(chosen) < count:
+            chosen.append(c)
+    return chosen
+
+
+def build(args) -> None:
+    import tvm
+
+    from compiler import build as kbuild
+    from compiler.layers import parse_layer
+    from compiler.request import KernelRequest
+    from dataclasses import replace
+
+    from schedules.cuda_tensorcore import CudaTensorCore, choose_config, gemm_of, input_vector
+    from schedules.gpu_verify import passes_gpu_verification
+    from targets import resolve
+    from targets.cuda import compile_context
+    from tvm import s_tir
+
+    base = target = resolve(f"cuda/{args.arch}")      # the hand choice: the rule as it is
+    if args.smem:
+        attrs = dict(base.export())
+        attrs["max_shared_memory_per_block"] = args.smem * 1024
+        target = tvm.target.Target(attrs)
+    out = Path(args.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    manifest = []
+    for index, (text, shape, dtype) in enumerate(LAYERS):
+        tf32 = dtype == "tf32"
+        request = KernelRequest(parse_layer(text)._spec(), shape, "float32" if tf32 else dtype, tf32=tf32)
+        func = kbuild.prim_func(request)
+        workload = kbuild.workload_of(request)
+        gemm, _ = gemm_of(s_tir.Schedule(func), request.spec)
+        element_bytes = 4 if tf32 else 2
+        hand_sch = CudaTensorCore().apply(func, workload, base)
+        hand = choose_config(gemm, base, element_bytes)
+        hand = replace(hand, input_vector=input_vector(workload, hand))
+        for n, config in enumerate(candidates(gemm, target, element_bytes, hand, args.configs, rng)):
+            try:
+                config = replace(config, input_vector=input_vector(workload, config))
+                sch = hand_sch if n == 0 else CudaTensorCore._schedule_contiguous(func, workload, config)
+                if n and not passes_gpu_verification(sch.mod, target):
+                    continue
+                with compile_context(target):
+                    lib = tvm.compile(sch.mod, target=target)
+                name = f"l{index}-c{n}.so"
+                lib.export_library(str(out / name))
+            except Exception as err:  # noqa: BLE001 - a configuration TVM cannot build is skipped
+                print(f"{text} {dtype} {config}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+                continue
+            manifest.append(dict(layer=text, shape=shape, dtype=dtype, library=name, hand=n == 0,
+                                 config=dict(config.__dict__, block_m=config.block_m, block_n=config.block_n,
+                                             shared=config.shared_bytes()),
+                                 flops=request.spec.flops_for_input(shape)))
+            print(f"built {name}: {text} {dtype} {config}", flush=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _cuda_ms(fn, torch, repeats=20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / repeats)
+    return statistics.median(times)
+
+
+def run(args) -> None:
+    import torch
+    import tvm
+    import tvm_ffi
+
+    folder = Path(args.folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    results, layers = [], {}
+    torch.backends.cudnn.benchmark = True
+    # kernels over the 48 KB static shared-memory limit last: a failed launch must not stop the rest
+    manifest.sort(key=lambda e: e["config"]["shared"] > 48 * 1024)
+    for entry in manifest:
+        key = (entry["layer"], tuple(entry["shape"]), entry["dtype"])
+        if key not in layers:
+            layers[key] = _reference(*key, torch)
+        x, w, ref, cudnn_ms, cudnn_cl_ms = layers[key]
+        y = torch.empty_like(ref, dtype=x.dtype)
+        try:
+            f = tvm.runtime.load_module(str(folder / entry["library"]))["conv"]
+            with tvm_ffi.use_torch_stream():
+                f(x, w, y)
+                torch.cuda.synchronize()
+                error = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
+                ms = _cuda_ms(lambda: f(x, w, y), torch)
+        except Exception as err:  # noqa: BLE001 - report and go on
+            print(f"{entry['library']}: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            continue
+        results.append(dict(entry, ms=ms, tflops=entry["flops"] / ms / 1e9, cudnn_ms=cudnn_ms,
+                            cudnn_channels_last_ms=cudnn_cl_ms, error=error))
+        print(f"{entry['layer'][:44]:44s} {entry['dtype']:8s} {entry['library']:10s} "
+              f"{'hand' if entry['hand'] else '    '} {ms:8.4f} ms {results[-1]['tflops']:7.1f} TF/s  "
+              f"cuDNN {cudnn_ms:7.4f} / CL {cudnn_cl_ms:7.4f}  err {error:.1e}  {entry['config']}", flush=True)
+    Path(args.results).write_text(json.dumps(results, indent=1))
+    print("\nper layer: hand vs best config vs cuDNN (NCHW, channels_last)")
+    for key in layers:
+        rows = [r for r in results if (r["layer"], tuple(r["shape"]), r["dtype"]) == key]
+        if not rows:
+            continue
+        hand = [r for r in rows if r["hand"]]
+        best = min(rows, key=lambda r: r["ms"])
+        print(f"{key[0][:44]:44s} {key[2]:8s} hand {hand[0]['ms'] if hand else math.nan:8.4f}  best "
+              f"{best['ms']:8.4f} {best['config']}  cuDNN {rows[0]['cudnn_ms']:.4f} / {rows[0]['cudnn_channels_last_ms']:.4f}")
+
+
+def _reference(text, shape, dtype, torch):
+    import torch.nn  # noqa: F401
+    from compiler.layers import parse_layer
+    torch.manual_seed(0)
+    layer = parse_layer(text, torch.nn).cuda()
+    kind = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
+    layer = layer.to(kind)
+    x = torch.randn(*shape, device="cuda", dtype=kind)
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    with torch.no_grad():
+        ref = parse_layer(text, torch.nn).cuda().double()
+        ref.load_state_dict(layer.state_dict())
+        expected = ref(x.double()).float()
+        cudnn_ms = _cuda_ms(lambda: layer(x), torch)
+        xl = x.to(memory_format=torch.channels_last)
+        layer_cl = layer.to(memory_format=torch.channels_last)
+        cl_ms = _cuda_ms(lambda: layer_cl(xl), torch)
+    return x, layer.weight.detach().contiguous(), expected, cudnn_ms, cl_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("folder")
+    b.add_argument("--arch", default="sm_90")
+    b.add_argument("--configs", type=int, default=12, help="configurations per layer, the hand one first")
+    b.add_argument("--smem", type=int, default=0, help="shared-memory limit in KB (default: the target's)")
+    b.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run")
+    r.add_argument("folder")
+    r.add_argument("results")
+    args = parser.parse_args()
+    os.environ.setdefault("TVM_CONV_QUIET", "1")
+    build(args) if args.mode == "build" else run(args)
+
+
+if __name__ == "__main__":
+    main()
