@@ -15,7 +15,7 @@
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
 # Each step has a time limit of its own so that one slow step cannot eat the run (10 minutes at most).
 set -uo pipefail
-mode=${1:?usage: gpu_check.sh dry|check|tune}
+mode=${1:?usage: gpu_check.sh dry|check|bench NAME...|tune}
 OUT=${OUT:-/tmp/gpu_check_out}
 RES=/tmp/gpu_check_results        # logs and tables; $OUT/results.tar holds them all after every step
 mkdir -p "$OUT" "$RES"            # (a run brings back at most 8 files)
@@ -67,10 +67,20 @@ case $mode in
     done
     grep -h "geometric-mean" "$RES"/bench-*.log
     ;;
+  bench)          # only the named settings, e.g. bench f16-b32 bf16-b32 (a short lease)
+    source .gpukit/on-device.sh
+    for name in "${@:2}"; do
+      for s in "${SETTINGS[@]}"; do
+        [[ ${s%%:*} == "$name" ]] && step "bench-$name" 80 python3 -m compiler bench --device cuda --no-tuned \
+          --layers-file $LAYERS ${s#*:} --json "$RES/bench-$name.json"
+      done
+    done
+    grep -h "geometric-mean" "$RES"/bench-*.log
+    ;;
   tune)
     source .gpukit/on-device.sh
     step tune 540 python3 -m compiler tune --suite --target cuda/sm_90 --dtype float16 --trials 64 \
       --work-dir "$RES/tuning_logs"
     ;;
-  *) echo "unknown mode $mode (dry, check or tune)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (dry, check, bench or tune)" >&2; exit 2 ;;
 esac

@@ -166,7 +166,7 @@ def run(args) -> None:
                 error = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
                 ms = _cuda_ms(lambda: f(x, w, y), torch)
         except Exception as err:  # noqa: BLE001 - report and go on
-            print(f"{entry['library']}: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
+            print(f"{entry['library']}: {type(err).__name__}: {' | '.join(str(err).split(chr(10)))[:400]}", flush=True)
             continue
         results.append(dict(entry, ms=ms, tflops=entry["flops"] / ms / 1e9, cudnn_ms=cudnn_ms,
                             cudnn_channels_last_ms=cudnn_cl_ms, error=error))

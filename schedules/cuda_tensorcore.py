@@ -19,14 +19,15 @@ request with ``tf32`` (torch's default for cuDNN convolutions; its compute round
 operands to TF32) stages float32 chunks, loads fragments per lane with ``cvt.rna.tf32.f32`` and
 multiplies with four ``mma.sync.m16n8k8`` TF32 per step.
 
-The chunks are staged through a ``stages``-deep software pipeline: the reduction loop carries
-TVM's ``software_pipeline_stage/order/async_stages`` annotations, so ``InjectSoftwarePipeline``
-keeps ``stages`` chunks of A and B in shared memory, the copies of chunk ``c + stages - 1`` in
-flight while chunk ``c`` is multiplied, and ``InjectPTXAsyncCopy`` (``tirx.use_async_copy``, set
-by ``targets.cuda.compile_context``) turns the copies of 4, 8 or 16 bytes into ``cp.async`` with
-``cp.async.wait_group`` before a chunk is used (2-byte copies, float16/bfloat16 input pixels
-of NCHW tensors, stay synchronous loads).  The CPU emulation of the tests runs the same schedule
-without the pipeline annotations.
+A ``stages``-deep software pipeline over the chunks is available (``Config.stages``): the
+reduction loop then carries TVM's ``software_pipeline_stage/order/async_stages`` annotations, so
+``InjectSoftwarePipeline`` keeps ``stages`` chunks of A and B in shared memory, the copies of chunk
+``c + stages - 1`` in flight while chunk ``c`` is multiplied, and ``InjectPTXAsyncCopy``
+(``tirx.use_async_copy``, set by ``targets.cuda.compile_context``) turns the copies of 4, 8 or 16
+bytes into ``cp.async`` (2-byte copies, float16/bfloat16 input pixels of NCHW tensors, stay
+synchronous loads).  The rule's own choice is one stage (``PIPELINE_STAGES``: measured on an H100,
+the pipeline did not pay).  The CPU emulation of the tests runs the schedule without the pipeline
+annotations.
 
 The accumulators go through shared memory (float32, reusing the staging space) to the compute's
 ``output`` stage, inlined onto the block tile: bias, the request's epilogue (residual add,
@@ -43,12 +44,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from tvm import s_tir
 from tvm.tirx import IndexMap
 
-from targets.cuda import arch_number
+from targets.cuda import arch_number, multiprocessors
 
 from .base import ScheduleRule, has_block
 from .gpu_verify import first_verified
@@ -74,6 +75,20 @@ MAX_STAGES = 3
 ACC_ROW_OFFSET = 1
 #: Most 16x16 accumulator fragments per warp along M or N (a warp tile of up to 64 x 64)
 MAX_FRAGMENTS = 4
+#: Warps per SM the tile choice keeps the GPU busy with before it gives warps more fragments.
+#: Measured on an H100 (examples/tensorcore_sweep.py: ResNet-50 layers, batch 32, float16, NCHW,
+#: tuning_logs/cuda-sm_90/sweep-h100-20261126.json): the fastest tile of each layer gave 12-24 warps
+#: per SM, and at 3-6 the deep layers ran 2-4x slower (Conv2d(512, 512, 3) on 7x7: 96x96 blocks,
+#: 3 warps per SM, 0.85 ms; 64x64 blocks of 16 warps, 24 per SM, 0.22 ms; 256 on 14x14: 0.53 vs
+#: 0.27 ms), while more fragments per warp won once warps were plentiful (128 on 28x28: 64x128
+#: blocks at 12 per SM 0.136 ms, 32x128 at 24 per SM 0.174 ms).  16 lies between those.
+OCCUPANCY_WARPS = 16
+#: Chunks in flight in the hand-chosen schedule.  One: no software pipeline.  Measured on an H100
+#: (same sweep), the same tile with 3 stages was 20% slower on a 1x1 layer (Conv2d(256, 64, 1):
+#: 0.043 vs 0.034 ms), level on a 3x3 one (128 on 28x28), 9% faster on another (64 on 56x56); and
+#: 14 of 47 pipelined 3x3 kernels (2-4 stages, chunks of 16-64, synchronous 2-byte input copies)
+#: failed to launch.  Deeper pipelines stay available through ``Config.stages``.
+PIPELINE_STAGES = 1
 #: Largest accumulator share of a thread's registers: the rest holds the A/B fragments, addresses
 #: and loop state.  ``nvcc -Xptxas -v`` (CUDA 13, no GPU needed), sm_80 and sm_90: 8-9 fragments
 #: per warp (64-72 floats) used 121-138 registers, 12 (96 floats) 165-170, none spilled.
@@ -172,16 +187,15 @@ def _chunk(k: int) -> int:
     return FRAGMENT if tiles < 8 else 2 * FRAGMENT
 
 
-def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config]:
-    """Up to 2x2 warps (128 threads: 4 warps keep the tensor cores of an SM partition fed while
-    each has 8-12 accumulator fragments), each with the most fragments (up to 4x4: 64 pixels x
-    64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a thread may hold at this
-    block size (target's ``registers_per_block``, at most 255 per thread), pad neither GEMM axis by
-    more than an eighth, and fit the target's ``max_shared_memory_per_block`` with operands of
-    ``element_bytes``; more channels than pixels per warp on a tie (an A row staged serves more of
-    them); a software pipeline of at least two stages before more fragments (without one each chunk
-    waits for its copies), then the longer chunk; the pipeline as deep as fits
-    (:func:`pipeline_stages`).  None if nothing fits."""
+def ranked_configs(gemm: Gemm, target, element_bytes: int = 2) -> List[Config]:
+    """The tiles the rule may use, best first.  Up to 2x2 warps (128 threads), each with up to 4x4
+    fragments (64 pixels x 64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a
+    thread may hold at this block size (target's ``registers_per_block``, at most 255 per thread),
+    pad neither GEMM axis by more than an eighth, and fit the target's
+    ``max_shared_memory_per_block`` with operands of ``element_bytes``.  Ranked: those that give the
+    GPU ``OCCUPANCY_WARPS`` warps per SM first, the most fragments per warp among them (else the
+    most warps per SM), more channels than pixels per warp on a tie (an A row staged serves more of
+    them), then the longer chunk.  ``PIPELINE_STAGES`` stages."""
     m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
     warps_m = 2 if m_tiles >= 4 else 1
     warps_n = 2 if n_tiles >= 4 else 1
@@ -189,29 +203,25 @@ def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config
     registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
     limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
-    fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes)
-               for chunk in {_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)}
+    fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes, PIPELINE_STAGES)
+               for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)})
                for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
                if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
                and _little_waste(n_tiles, warps_n, fn)]
-    fitting = [replace(c, stages=pipeline_stages(c, gemm.k, limit)) for c in fitting if c.shared_bytes() <= limit]
-    if not fitting:
-        return None
-    return max(fitting, key=lambda c: (min(c.stages, 2), c.frags_m * c.frags_n, c.frags_n, c.chunk_k))
+    sms = multiprocessors(target)
+
+    def rank(c: Config):
+        blocks = gemm.batch * -(-m_tiles // (c.warps_m * c.frags_m)) * -(-n_tiles // (c.warps_n * c.frags_n))
+        occupied = blocks * c.warps_m * c.warps_n >= OCCUPANCY_WARPS * sms
+        fragments = c.frags_m * c.frags_n
+        return occupied, fragments if occupied else -fragments, c.frags_n, c.chunk_k
+    return sorted((c for c in fitting if c.shared_bytes() <= limit), key=rank, reverse=True)
 
 
-def _smaller(config: Config) -> Optional[Config]:
-    """The next configuration to try when TVM's GPU verifier refuses one: one stage less, a
-    shorter chunk, then half the fragments along the longer side of the warp tile."""
-    if config.stages > 1:
-        return replace(config, stages=config.stages - 1)
-    if config.chunk_k > 2 * FRAGMENT:
-        return replace(config, chunk_k=2 * FRAGMENT)
-    if config.frags_n > 1 and config.frags_n >= config.frags_m:
-        return replace(config, frags_n=config.frags_n // 2)
-    if config.frags_m > 1:
-        return replace(config, frags_m=config.frags_m // 2)
-    return None
+def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config]:
+    """The first of :func:`ranked_configs` (None if nothing fits)."""
+    ranked = ranked_configs(gemm, target, element_bytes)
+    return ranked[0] if ranked else None
 
 
 def gemm_of(sch: s_tir.Schedule, spec) -> Tuple[Gemm, IndexMap]:
@@ -255,7 +265,7 @@ def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
 
 class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
-    version = 3        # 2: TF32 operands, the cp.async software pipeline (stages); 3: 1x1 input vectors
+    version = 3        # 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no pipeline
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda" or arch_number(target) < 80:
@@ -272,11 +282,12 @@ class CudaTensorCore(ScheduleRule):
         if gemm.m < FRAGMENT:
             return None
         element_bytes = 4 if STORAGE[operands] == "float32" else 2
-        config = choose_config(gemm, target, element_bytes)
-        if config is not None:
-            config = replace(config, input_vector=input_vector(workload, config))
-        return first_verified(config, lambda c: self._schedule_contiguous(func, workload, c),
-                              _smaller, target)
+        # the first tile, in rank order, that TVM schedules (the transposed form's phase interleave
+        # cannot be inlined over some GEMM paddings) and that passes its GPU verifier
+        ranked = ranked_configs(gemm, target, element_bytes)
+        following = dict(zip(ranked, ranked[1:]))
+        return first_verified(ranked[0] if ranked else None, lambda c: self._schedule_contiguous(
+            func, workload, replace(c, input_vector=input_vector(workload, c))), following.get, target)
 
     @classmethod
     def _schedule_contiguous(cls, func, workload, config: Config) -> s_tir.Schedule:
@@ -515,4 +526,4 @@ def _interleave_kernel(sch: s_tir.Schedule) -> None:
     sch.bind(threads, "threadIdx.x")
 
 
-__all__ = ["CudaTensorCore", "Config", "Gemm", "choose_config", "gemm_of"]
+__all__ = ["CudaTensorCore", "Config", "Gemm", "choose_config", "gemm_of", "ranked_configs"]

@@ -29,6 +29,7 @@ class GpuPreset:
     registers_per_block: int = 64 * 1024
     thread_warp_size: int = 32
     l2_cache_size_bytes: int = 6 * 1024 * 1024
+    multiprocessors: int = 80       # SMs of the typical part (TVM's targets carry no such attribute)
 
     @property
     def short_name(self) -> str:
@@ -87,13 +88,20 @@ def round_to_tf32(x):
 MiB = 1024 * 1024
 #: By architecture; sm_86 and sm_89 differ from sm_80/sm_90 in L2 and SM count, not in block limits.
 PRESETS: Dict[str, GpuPreset] = {p.arch: p for p in (
-    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB),
-    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB),
-    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB),
-    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB),
-    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB),
-    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB),
+    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB, multiprocessors=80),
+    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB, multiprocessors=40),
+    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB, multiprocessors=108),
+    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB, multiprocessors=72),
+    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB, multiprocessors=58),
+    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB, multiprocessors=132),
 )}
+
+
+def multiprocessors(target: Target) -> int:
+    """SMs of the typical part of ``target``'s architecture (the preset's), 80 for another one."""
+    preset = PRESETS.get(str(target.attrs.get("arch", "")))
+    return preset.multiprocessors if preset else GpuPreset.multiprocessors
+
 
 
 def preset(name: str) -> GpuPreset:

@@ -39,7 +39,9 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
-from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, Gemm, choose_config, gemm_of
+from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, OCCUPANCY_WARPS, Config, Gemm,
+                                       choose_config, gathers, gemm_of, input_vector, pipeline_stages,
+                                       ranked_configs)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
@@ -89,12 +91,23 @@ def _request(spec: ConvSpec, shape, operands: str, epilogue=()) -> KernelRequest
 
 
 @functools.lru_cache(maxsize=None)
-def _scheduled(layer: str, dtype: str, arch: str, epilogue=()):
-    """(request, target, schedule) of the rule alone (whatever ``CUDA_RULES`` holds)."""
+def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool = False):
+    """(request, target, schedule) of the rule alone (whatever ``CUDA_RULES`` holds); ``pipelined``:
+    its tile with the deepest software pipeline that fits (``pipeline_stages``) instead of none."""
     spec, shape = LAYERS[layer]
     request, target = _request(spec, shape, dtype, epilogue), resolve(f"cuda/{arch}")
-    sch = CudaTensorCore().apply(build.prim_func(request), build.workload_of(request), target)
+    func, workload = build.prim_func(request), build.workload_of(request)
+    sch = CudaTensorCore().apply(func, workload, target)
     assert sch is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
+    if pipelined:
+        gemm = gemm_of(s_tir.Schedule(func), spec)[0]
+        config = choose_config(gemm, target, 4 if dtype == "tf32" else 2)
+        if gemm.k <= config.chunk_k:              # a pipeline needs two chunks
+            config = replace(config, chunk_k=FRAGMENT)
+        config = replace(config, stages=pipeline_stages(config, gemm.k, int(target.attrs["max_shared_memory_per_block"])),
+                         input_vector=input_vector(workload, config))
+        assert config.stages > 1
+        sch = CudaTensorCore._schedule_contiguous(func, workload, config)
     return request, target, sch
 
 
@@ -176,15 +189,15 @@ def test_fused_epilogue_is_applied_on_the_block_tile():
     assert bool(((y.double() - exact).abs() <= bound).all())
 
 
-def _cuda_source(layer: str, dtype: str, arch: str) -> str:
+def _cuda_source(layer: str, dtype: str, arch: str, pipelined: bool = False) -> str:
     """The CUDA source of the rule's kernel, compiled as the modules compile it (cp.async on)."""
-    _, target, sch = _scheduled(layer, dtype, arch)
+    _, target, sch = _scheduled(layer, dtype, arch, pipelined=pipelined)
     with compile_context(target):
         return cuda_binary.device_source(tvm.compile(sch.mod, target=target))
 
 
-def _ptx_and_source(layer: str, dtype: str, arch: str):
-    source = _cuda_source(layer, dtype, arch)
+def _ptx_and_source(layer: str, dtype: str, arch: str, pipelined: bool = False):
+    source = _cuda_source(layer, dtype, arch, pipelined)
     return source, cuda_binary.compile_device_code(source, resolve(f"cuda/{arch}"), "ptx").decode()
 
 
@@ -216,13 +229,17 @@ def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", CODEGEN_LAYERS)
 def test_ptx_pipelines_the_staging_with_cp_async(layer, dtype, arch):
-    """The chunks are staged through the software pipeline: ``cp.async`` for copies of 4 or more
-    bytes (16-byte ``.cg`` weight rows; TF32's 4-byte ``.ca`` input pixels), committed in groups and
-    waited for with ``cp.async.wait_group`` before a chunk is multiplied; 2-byte copies (the half
-    types' NCHW input pixels, the transposed layer's weight taps) stay synchronous loads."""
-    _, _, sch = _scheduled(layer, dtype, arch)
+    """With ``stages`` > 1 (the rule's own choice is one: ``PIPELINE_STAGES``) the chunks are
+    staged through the software pipeline: ``cp.async`` for copies of 4 or more bytes (16-byte
+    ``.cg`` weight rows; TF32's 4-byte ``.ca`` input pixels), committed in groups and waited for
+    with ``cp.async.wait_group`` before a chunk is multiplied; 2-byte copies (the half types' NCHW
+    input pixels, the transposed layer's weight taps) stay synchronous loads.  Without a pipeline
+    no copy is asynchronous."""
+    _, _, sch = _scheduled(layer, dtype, arch, pipelined=True)
     assert "software_pipeline_stage" in str(sch.trace)
-    _, ptx = _ptx_and_source(layer, dtype, arch)
+    assert "software_pipeline_stage" not in str(_scheduled(layer, dtype, arch)[2].trace)
+    assert "cp.async" not in _ptx_and_source(layer, dtype, arch)[1]
+    _, ptx = _ptx_and_source(layer, dtype, arch, pipelined=True)
     assert "cp.async.commit_group" in ptx and "cp.async.wait_group" in ptx
     weight_rows = not LAYERS[layer][0].transposed                  # 16-byte weight vectors
     assert ("cp.async.cg.shared.global" in ptx) == weight_rows
@@ -235,33 +252,43 @@ CP_ASYNC_COPY = re.compile(r"ptx_cp_async_legacy_(?:pred_)?(c[ag])_(\d+)_\w*\(bu
 
 @needs_nvcc
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layer", ("pointwise_vector", "pointwise_unproven", "pointwise_batch2", "dense3x3"))
+@pytest.mark.parametrize("layer", ("pointwise_vector", "pointwise_batch2", "dense3x3"))
 def test_input_of_a_1x1_layer_is_staged_in_16_byte_copies(layer, dtype):
     """A 1x1 layer whose input planes are whole 16-byte vectors stages its input with 16-byte
-    ``cp.async`` (A's rows are runs of the plane); an odd plane (7x9), a padded 3x3 layer, or vectors
-    TVM's vectorizer cannot prove consecutive (it would gather them, in a ``make_uint4`` of 8 halves
-    nvcc rejects) read a pixel per copy (2-byte loads for the half types, 4-byte ``cp.async`` for
-    TF32).  nvcc compiles each."""
+    loads (A's rows are runs of the plane; ``cp.async`` in a pipeline); an odd plane (7x9) or a
+    padded 3x3 layer reads a pixel per copy (2-byte loads for the half types, 4-byte ``cp.async``
+    for TF32 in a pipeline).  nvcc compiles each."""
+    vector = layer == "pointwise_vector"
     source, _ = _ptx_and_source(layer, dtype, "sm_90")
+    assert bool(re.search(r"= \*\((uint4|float4)\*\)\(input_ptr \+ ", source)) == vector
+    assert "make_uint4(input" not in source
+    source, _ = _ptx_and_source(layer, dtype, "sm_90", pipelined=True)
     copies = {(tensor, int(size)) for _, size, tensor in CP_ASYNC_COPY.findall(source)}
-    expected_input = {16} if layer == "pointwise_vector" else ({4} if dtype == "tf32" else set())
+    expected_input = {16} if vector else ({4} if dtype == "tf32" else set())
     assert {size for tensor, size in copies if tensor == "input"} == expected_input
     assert ("weight", 16) in copies and "make_uint4(input" not in source
 
 
+@needs_nvcc
 def test_gather_detection_sees_lowered_vectors():
-    """``gathers`` tells a contiguous vector read from a gathered one in the lowered kernel."""
-    from dataclasses import replace
-
-    from schedules.cuda_tensorcore import choose_config, gathers, gemm_of
-    for layer, gathered in (("pointwise_vector", False), ("pointwise_unproven", True)):
+    """``gathers`` tells a contiguous vector read from a gathered one in the lowered kernel: 8-pixel
+    vectors of 32-pixel blocks over 32-pixel planes are consecutive; of 48-pixel blocks over 24-pixel
+    planes TVM's vectorizer cannot prove them so (it gathers; the rule then reads a pixel a copy)."""
+    for layer, block_m, gathered in (("pointwise_vector", 32, False), ("pointwise_unproven", 48, True)):
         spec, shape = LAYERS[layer]
         request = _request(spec, shape, "float16")
-        func = build.prim_func(request)
-        config = choose_config(gemm_of(s_tir.Schedule(func), spec)[0], resolve("cuda/sm_90"))
-        sch = CudaTensorCore.schedule(func, build.workload_of(request), replace(config, input_vector=8))
+        config = Config(1, 1, block_m // FRAGMENT, 3, 32, input_vector=8)
+        sch = CudaTensorCore.schedule(build.prim_func(request), build.workload_of(request), config)
         assert gathers(sch.mod, "input") == gathered
         assert not gathers(sch.mod, "weight")
+        if gathered:       # the rule's own path reads a pixel per copy instead, and nvcc takes it
+            target = resolve("cuda/sm_90")
+            sch = CudaTensorCore._schedule_contiguous(build.prim_func(request), build.workload_of(request), config)
+            assert not gathers(sch.mod, "input")
+            with compile_context(target):
+                source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+            assert "make_uint4(input" not in source
+            cuda_binary.compile_device_code(source, target, "ptx")
 
 
 PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -334,18 +361,46 @@ def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
     assert not [other for other, hmma in SASS_HMMA.items() if other != dtype and hmma.search(sass)]
 
 
-def test_a_resnet_layer_gets_a_large_tile_within_the_limits():
-    """ResNet-50's 3x3 layer of stage 3 at batch 8: 2x2 warps of 3x3 fragments (72 float32
-    accumulators a thread, under ACCUMULATOR_SHARE of 255 registers), within 48 KiB of shared memory."""
+def _warps_per_sm(gemm: Gemm, config, sms: int) -> float:
+    blocks = gemm.batch * -(-gemm.m // config.block_m) * -(-gemm.n // config.block_n)
+    return blocks * config.warps_m * config.warps_n / sms
+
+
+def test_tiles_keep_the_gpu_busy_then_grow_the_warp_tiles():
+    """ResNet-50's 3x3 layers at batch 32 (H100: 132 SMs): the deep ones get small warp tiles that
+    give the GPU OCCUPANCY_WARPS warps per SM, the shallow ones the largest warp tile that still
+    does (measured: tuning_logs/cuda-sm_90/sweep-h100-20261126.json); within the registers'
+    ACCUMULATOR_SHARE and 48 KiB of shared memory; no pipeline."""
     target = resolve("cuda/sm_90")
-    config = choose_config(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target)
-    assert (config.warps_m, config.warps_n, config.frags_m, config.frags_n) == (2, 2, 3, 3)
-    assert config.frags_m * config.frags_n * FRAGMENT * FRAGMENT // 32 <= ACCUMULATOR_SHARE * 255
     limit = int(target.attrs["max_shared_memory_per_block"])
-    assert config.shared_bytes() <= limit and config.stages >= 2
-    assert replace(config, stages=config.stages + 1).shared_bytes() > limit or config.stages == MAX_STAGES
-    tf32 = choose_config(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target, element_bytes=4)
-    assert tf32.stages >= 2 and tf32.shared_bytes() <= limit
+    for channels, size, fragments in ((512, 7, 1), (256, 14, 3), (128, 28, 4), (64, 56, 8)):
+        gemm = Gemm(batch=1, m=32 * size * size, n=channels, k=channels * 9)
+        for element_bytes in (2, 4):
+            ranked = ranked_configs(gemm, target, element_bytes)
+            config = ranked[0]
+            assert _warps_per_sm(gemm, config, 132) >= OCCUPANCY_WARPS
+            assert config.frags_m * config.frags_n == fragments and config.stages == 1
+            assert config.frags_m * config.frags_n * FRAGMENT * FRAGMENT // 32 <= ACCUMULATOR_SHARE * 255
+            assert all(c.shared_bytes() <= limit for c in ranked)
+            # no tile with more fragments per warp keeps as many warps busy
+            assert not [c for c in ranked if c.frags_m * c.frags_n > fragments
+                        and _warps_per_sm(gemm, c, 132) >= OCCUPANCY_WARPS]
+    # at batch 1 nothing reaches it: the most warps (one fragment each)
+    small = choose_config(Gemm(batch=1, m=14 * 14, n=256, k=256 * 9), target)
+    assert small.frags_m * small.frags_n == 1
+    # an architecture with fewer SMs reaches it with larger warp tiles
+    a100 = choose_config(Gemm(batch=1, m=32 * 14 * 14, n=256, k=256 * 9), resolve("cuda/sm_80"))
+    assert a100.frags_m * a100.frags_n >= 3
+
+
+def test_a_pipelined_tile_fits_the_shared_memory():
+    """``pipeline_stages``: as many stages as fit the limit, at most MAX_STAGES and the chunks."""
+    target = resolve("cuda/sm_90")
+    limit = int(target.attrs["max_shared_memory_per_block"])
+    for config in ranked_configs(Gemm(batch=1, m=8 * 14 * 14, n=256, k=256 * 9), target)[:8]:
+        stages = pipeline_stages(config, 256 * 9, limit)
+        assert 1 <= stages <= MAX_STAGES and replace(config, stages=stages).shared_bytes() <= limit
+        assert stages == MAX_STAGES or replace(config, stages=stages + 1).shared_bytes() > limit
 
 
 @pytest.mark.parametrize("layer, dtype", [("dense3x3", "float16"), ("odd_no_bias", "float16"),
