@@ -8,13 +8,14 @@ the tile.  The padded input is materialised once, in parallel, so the inner loop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, registers_per_vector, schedule_pad, tunable_split,
-                   vectorize_if_wide)
+from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
+                   tunable_split, vectorize_if_wide)
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,10 @@ class DirectConfig:
     ow_tile: int   # output columns per register tile (a multiple of the vector lanes when possible)
 
 
-def choose_config(out_channels: int, out_width: int, lanes: int, registers: int) -> DirectConfig:
-    """One vector of output columns x as many output channels as half the register file holds.
+def choose_config(out_channels: int, out_width: int, lanes: int, registers: int,
+                  native: Optional[int] = None) -> DirectConfig:
+    """A column tile of at most one vector (:func:`column_tile`) x as many output channels as half
+    the register file holds in accumulators.
 
     Measured on znver4 (2 cores, Conv2d 3x3 on 56x56/28x28/14x14): a column tile that divides the
     output width and fits one vector (14 of 16 lanes) with 16 channel rows runs at 180-200 GFLOP/s;
@@ -32,19 +35,40 @@ def choose_config(out_channels: int, out_width: int, lanes: int, registers: int)
     because LLVM then spills the accumulators or predicates every vector.  The other half of the
     register file holds the input vector and the broadcast weights.  (Grouped layers lost 30-40% with
     8 rows; depthwise layers have a rule of their own, ``cpu_depthwise``.)  ``registers`` counts
-    vectors of ``lanes`` (``vector_registers``): on AVX2 a 16-lane vector takes two of the 16
-    registers, and 8 rows (16 accumulators) spilled: 4 rows ran 1.5-2.1x faster on znver3
-    (Conv2d(256, 256, 3, groups=32) on 28x28: 3.4 -> 1.6 ms; 256 channels on 32x32: 25.7 -> 16.7 ms).
+    vectors of ``lanes`` (``vector_registers``), ``native`` the lanes of one architectural register
+    (default ``lanes``): on AVX2 a 16-lane vector takes two of the 16 registers, and 8 rows of them
+    (16 accumulators) spilled: 4 rows ran 1.5-2.1x faster on znver3 (Conv2d(256, 256, 3, groups=32)
+    on 28x28: 3.4 -> 1.6 ms; 256 channels on 32x32: 25.7 -> 16.7 ms).  A column tile of one native
+    register takes 8 rows there (the same 8 accumulators).
     """
-    co_tile = max(1, min(out_channels, registers // 2))
-    return DirectConfig(co_tile=co_tile, ow_tile=column_tile(out_width, lanes))
+    native = native or lanes
+    ow_tile = column_tile(out_width, lanes, native)
+    accumulators = registers * max(1, lanes // native) // 2             # architectural registers
+    co_tile = max(1, min(out_channels, accumulators // -(-ow_tile // native)))
+    return DirectConfig(co_tile=co_tile, ow_tile=ow_tile)
 
 
-def column_tile(out_width: int, lanes: int) -> int:
-    """The largest divisor of the width that fills at least half a vector, else one full vector."""
-    candidates = range(min(lanes, out_width), 0, -1)
-    divisors = [t for t in candidates if out_width % t == 0 and 2 * t >= min(lanes, out_width)]
-    return divisors[0] if divisors else min(lanes, out_width)
+def column_tile(out_width: int, lanes: int, native: Optional[int] = None) -> int:
+    """Whole architectural registers (``native`` lanes) dividing the width, up to one vector of
+    ``lanes``; else the largest divisor of the width that fills at least half a native register;
+    else that of a ``lanes`` vector, else one full vector.
+
+    Measured on znver3 (AVX2: 16-lane vectors of two 8-lane registers, 1 thread): a 14-column tile
+    (1.75 registers, the last one masked) on 56-wide layers ran 1.8-2.4x slower than 8 columns with
+    twice the rows (Conv2d(20, 30, 3) on 56x56: 1.53 vs 0.64 ms), 1.7x on 28-wide ones against 7
+    columns (Conv2d(12, 20, 3): 0.16 vs 0.10 ms); 16 columns on 32- and 112-wide layers stayed
+    1.2-1.5x faster than 8 (Conv2d(36, 36, 3) on 32x32: 1.12 vs 1.40 ms); on 13-wide outputs 8
+    columns (a remainder) were 3x slower than 13."""
+    native = native or lanes
+    whole = [t for t in range(lanes - lanes % native, 0, -native) if out_width % t == 0]
+    if whole:
+        return whole[0]
+    for vector in (native, lanes):
+        candidates = range(min(vector, out_width), 0, -1)
+        divisors = [t for t in candidates if out_width % t == 0 and 2 * t >= min(vector, out_width)]
+        if divisors:
+            return divisors[0]
+    return min(lanes, out_width)
 
 
 def vector_registers(workload, target) -> int:
@@ -54,8 +78,9 @@ def vector_registers(workload, target) -> int:
 
 class CpuDirect(ScheduleRule):
     name = "cpu-direct"
-    #: 2: the channel and column tiles are sampling decisions (their hand values the defaults)
-    version = 2
+    #: 2: the channel and column tiles are sampling decisions (their hand values the defaults);
+    #: 3: column tiles of whole architectural registers (AVX2: 8 columns x 8 rows on 56-wide layers)
+    version = 3
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or workload.spec.transposed:
@@ -63,7 +88,7 @@ class CpuDirect(ScheduleRule):
         lanes = accumulator_lanes(workload, target)
         _, out_channels, _, out_width = workload.output_shape
         registers = vector_registers(workload, target)
-        cfg = choose_config(out_channels, out_width, lanes, registers)
+        cfg = choose_config(out_channels, out_width, lanes, registers, native_lanes(workload, target))
 
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
@@ -72,7 +97,7 @@ class CpuDirect(ScheduleRule):
         # Step 2. Tile output channels and columns; the reduction runs around the register tile.
         # Both tiles are the design space's decisions (a search tries register-file-sized others).
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
-        co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
+        co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=max(registers, cfg.co_tile))
         ow_o, ow_i = tunable_split(sch, ow, cfg.ow_tile, max_tile=2 * lanes)
         sch.reorder(n, co_o, oh, ow_o, rc, rh, rw, co_i, ow_i)
         sch.parallel(sch.fuse(n, co_o, oh))

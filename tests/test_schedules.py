@@ -86,6 +86,16 @@ def test_channel_vector_columns(width, stride, registers, expected):
     assert channel_vector_columns(width, stride, 16, registers) == expected
 
 
+@pytest.mark.parametrize("width,expected", [(56, (8, 8)), (28, (7, 8)), (14, (7, 8)), (7, (7, 8)), (24, (8, 8)),
+                                            (32, (16, 4)), (112, (16, 4)), (13, (13, 4))])
+def test_avx2_columns_are_whole_registers(width, expected):
+    """AVX2 (16-lane accumulator vectors of two 8-lane registers, 8 of them): columns of whole
+    registers dividing the width, else half a register or more, with 8 accumulators in all."""
+    config = choose_config(64, width, 16, 8, native=8)
+    assert (config.ow_tile, config.co_tile) == expected
+    assert config.co_tile * -(-config.ow_tile // 8) == 8
+
+
 def test_register_budget():
     assert choose_config(64, 56, 16, 32).co_tile == 16     # AVX-512: 32 registers, half for accumulators
     assert choose_config(64, 56, 8, 16).co_tile == 8       # AVX2: 16 registers
