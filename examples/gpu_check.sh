@@ -3,11 +3,14 @@
 # Everything is built and checked here first; the GPU's minutes go to tests and measurements only.
 #
 # Here, once:   bash ../shared/gpu/make-kit.sh --compiler        (.gpukit/, ~6 min on 2 cores)
+#               bash examples/gpu_check.sh wheels                (.gpukit/wheels: xgboost, which the GPU
+#                                                                 machine lacks: MetaSchedule's cost model)
 #               python examples/tensorcore_sweep.py build .sweep --smem 227   (tile sweep, nvcc here, ~3 min)
 #               bash examples/gpu_check.sh dry                   (every command below, --dry-run, on the CPU)
 # On the GPU machine, three runs back to back (the machine stays warm ~30 s between them):
 #   1. carry [".gpukit/compiler.so.xz", ".gpukit/on-device.sh"]:   bash .gpukit/on-device.sh stage-compiler
-#   2. carry [".gpukit/runtime.tar.xz", ".gpukit/on-device.sh", ".sweep"]:   bash examples/gpu_check.sh check
+#   2. carry [".gpukit/runtime.tar.xz", ".gpukit/on-device.sh", ".gpukit/wheels", ".sweep"]:
+#                                                                  bash examples/gpu_check.sh check
 #      the tile sweep, the benchmark against cuDNN (examples/cuda_layers.txt) in each setting the
 #      tensor-core issue names, most wanted first, and the GPU tests; logs, tables and JSON in $OUT/results.tar.
 #   3. same carry:                                                 bash examples/gpu_check.sh tune
@@ -15,7 +18,7 @@
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
 # Each step has a time limit of its own so that one slow step cannot eat the run (10 minutes at most).
 set -uo pipefail
-mode=${1:?usage: gpu_check.sh dry|check|bench NAME...|tune}
+mode=${1:?usage: gpu_check.sh wheels|dry|check|bench NAME...|tune}
 OUT=${OUT:-/tmp/gpu_check_out}
 RES=/tmp/gpu_check_results        # logs and tables; $OUT/results.tar holds them all after every step
 mkdir -p "$OUT" "$RES"            # (a run brings back at most 8 files)
@@ -30,6 +33,14 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "f16-b1:--dtype float16 --batch 1"
 )
 
+on_device() {   # TVM from the kit, and the wheels it carries (installed under /tmp, not into the image)
+  source .gpukit/on-device.sh
+  if compgen -G ".gpukit/wheels/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpukit/wheels .gpukit/wheels/*.whl \
+      && export PYTHONPATH=/tmp/gpukit/wheels:$PYTHONPATH
+  fi
+}
+
 step() {   # step NAME SECONDS COMMAND...: run with a limit, log to $RES/NAME.log, say how it went
   local name=$1 limit=$2; shift 2
   local start=$SECONDS
@@ -40,6 +51,11 @@ step() {   # step NAME SECONDS COMMAND...: run with a limit, log to $RES/NAME.lo
 }
 
 case $mode in
+  wheels)         # here: the wheels on-device needs beyond TVM (Python 3.12, x86-64), at this machine's versions
+    version=$(python3 -c "import importlib.metadata as m; print(m.version('xgboost'))")
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 -d .gpukit/wheels "xgboost-cpu==$version" && ls -la .gpukit/wheels
+    ;;
   dry)            # the arguments of every benchmark and tuning command, checked here without a GPU
     for s in "${SETTINGS[@]}"; do
       flags=${s#*:}
@@ -52,7 +68,7 @@ case $mode in
     echo "tune --suite --target cuda/sm_90 --dtype float16: arguments checked"
     ;;
   check)
-    source .gpukit/on-device.sh
+    on_device
     python3 -c "import tvm; tvm.target.Target('cuda'); print('TVM', tvm.__version__)" || exit 1
     nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv > "$RES/gpu.txt"
     [[ -f .sweep/manifest.json ]] && step sweep 100 python3 examples/tensorcore_sweep.py run .sweep "$RES/sweep.json" \
@@ -68,7 +84,7 @@ case $mode in
     grep -h "geometric-mean" "$RES"/bench-*.log
     ;;
   bench)          # only the named settings, e.g. bench f16-b32 bf16-b32 (a short lease)
-    source .gpukit/on-device.sh
+    on_device
     for name in "${@:2}"; do
       for s in "${SETTINGS[@]}"; do
         [[ ${s%%:*} == "$name" ]] && step "bench-$name" 80 python3 -m compiler bench --device cuda --no-tuned \
@@ -78,9 +94,9 @@ case $mode in
     grep -h "geometric-mean" "$RES"/bench-*.log
     ;;
   tune)
-    source .gpukit/on-device.sh
+    on_device
     step tune 540 python3 -m compiler tune --suite --target cuda/sm_90 --dtype float16 --trials 64 \
       --work-dir "$RES/tuning_logs"
     ;;
-  *) echo "unknown mode $mode (dry, check, bench or tune)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (wheels, dry, check, bench or tune)" >&2; exit 2 ;;
 esac
