@@ -195,6 +195,7 @@ class _ConvBase(nn.Module):
             ops.launch(kernel, *args, y)
             if self.kernel is not kernel:
                 self.kernel = kernel
+        y = ops.in_torchs_format(y, x, self.weight)
         return y if batched else y.squeeze(0)
 
     # ------------------------------------------------------------ the operators (autograd, tracing, complex)

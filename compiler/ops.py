@@ -29,7 +29,7 @@ from targets.cuda import has_tf32
 
 from .build import Kernel, generation, get_kernel
 from .request import ADD, Epilogue, KernelRequest
-from .spec import ConvSpec
+from .spec import ConvSpec, output_channels_last
 
 NAMESPACE = "tvm_conv"
 #: The real dtypes our kernels compute in (torch dtype -> kernel dtype name).
@@ -277,7 +277,21 @@ def _forward(op_name, transposed, input, weight, bias, residual, stride, padding
         if residual is not None:
             args.append(_batched(residual, batched).detach().contiguous())
         launch(kernel, *args, y)
+    y = in_torchs_format(y, x, weight)
     return y if batched else y.squeeze(0)
+
+
+def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The kernel's NCHW output ``y`` in the memory format torch gives the output of a convolution
+    of batched ``x`` with ``weight`` (``spec.output_channels_last``): channels_last inputs and
+    weights give channels_last outputs."""
+    if not output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda,
+                                x.dtype == torch.float64):
+        return y
+    if y.is_contiguous(memory_format=torch.channels_last):    # one channel or one pixel: the same bytes,
+        n, c, h, w = y.shape                                   # torch's channels_last strides
+        return y.as_strided(y.shape, (h * w * c, 1, w * c, c))
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 def transposed_output_padding(input_shape, kernel_size, stride, padding, output_padding, output_size,

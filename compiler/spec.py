@@ -335,3 +335,31 @@ class Adjoint:
     def folds(self) -> bool:
         """The adjoint's output is a padded gradient (a fold back to the input is needed)."""
         return any(self.pads)
+
+
+def strides_like_channels_last(sizes: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether a 4-d tensor's strides read as channels_last: c10's ``is_channels_last_strides_2d``
+    (what ``Tensor.suggest_memory_format`` asks), ambiguous layouts (a trivial channel stride, N111
+    shapes whose size-1 strides tie) falling back to NCHW as torch does."""
+    if len(sizes) != 4 or strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def output_channels_last(input_sizes: Sequence[int], input_strides: Sequence[int], weight_sizes: Sequence[int],
+                         weight_strides: Sequence[int], cuda: bool = False, float64: bool = False) -> bool:
+    """torch's memory format for a convolution's output (batched input): channels_last when the
+    input or the weight reads as channels_last (``mkldnn_conv_use_channels_last`` and
+    ``thnn_conv_use_channels_last`` on the CPU, ``cudnn_conv_suggest_memory_format`` on CUDA,
+    which keeps float64 in NCHW), else NCHW."""
+    if cuda and float64:
+        return False
+    return strides_like_channels_last(input_sizes, input_strides) or \
+        strides_like_channels_last(weight_sizes, weight_strides)
