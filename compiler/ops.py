@@ -285,9 +285,9 @@ def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     """The kernel's NCHW output ``y`` in the memory format torch gives the output of a convolution
     of batched ``x`` with ``weight`` (``spec.output_channels_last``): channels_last inputs and
     weights give channels_last outputs."""
-    if not output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda,
-                                x.dtype == torch.float64):
-        return y
+    if x.is_contiguous() and weight.is_contiguous() or not output_channels_last(
+            x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda, x.dtype == torch.float64):
+        return y                   # (contiguous tensors never read as channels_last: NCHW on ties)
     if y.is_contiguous(memory_format=torch.channels_last):    # one channel or one pixel: the same bytes,
         n, c, h, w = y.shape                                   # torch's channels_last strides
         return y.as_strided(y.shape, (h * w * c, 1, w * c, c))
