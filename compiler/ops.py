@@ -285,13 +285,20 @@ def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     """The kernel's NCHW output ``y`` in the memory format torch gives the output of a convolution
     of batched ``x`` with ``weight`` (``spec.output_channels_last``): channels_last inputs and
     weights give channels_last outputs."""
-    if x.is_contiguous() and weight.is_contiguous() or not output_channels_last(
+    if _plainly_nchw(x) and _plainly_nchw(weight) or not output_channels_last(
             x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda, x.dtype == torch.float64):
-        return y                   # (contiguous tensors never read as channels_last: NCHW on ties)
+        return y
     if y.is_contiguous(memory_format=torch.channels_last):    # one channel or one pixel: the same bytes,
         n, c, h, w = y.shape                                   # torch's channels_last strides
         return y.as_strided(y.shape, (h * w * c, 1, w * c, c))
     return y.contiguous(memory_format=torch.channels_last)
+
+
+def _plainly_nchw(t: torch.Tensor) -> bool:
+    """Contiguous with more than one channel and one pixel: then some spatial stride is below the
+    channels' and it never reads as channels_last (the per-call fast path; a contiguous tensor of
+    one channel or pixel may carry channels_last strides on its size-1 dimensions)."""
+    return t.is_contiguous() and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
 
 
 def transposed_output_padding(input_shape, kernel_size, stride, padding, output_padding, output_size,
