@@ -45,9 +45,7 @@ LAYERS = [
 
 def candidates(gemm, target, element_bytes, hand, count, rng):
     """The hand choice, then up to ``count - 1`` other configurations that fit the target."""
-    from dataclasses import replace
-
-    from schedules.cuda_tensorcore import Config, pipeline_stages
+    from schedules.cuda_tensorcore import Config
     limit = int(target.attrs["max_shared_memory_per_block"])
     registers = int(target.attrs["registers_per_block"])
     pool = []

@@ -1,6 +1,5 @@
 """The output's memory format is torch's: channels_last inputs or weights give channels_last outputs
 (``spec.output_channels_last``), checked against torch itself on every layout of input and weight."""
-import itertools
 
 import pytest
 import torch
