@@ -16,6 +16,7 @@ from targets.cpu import cpu_info
 
 from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
                    tunable_split, vectorize_if_wide)
+from .cpu_tiles import tile_extent
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,12 @@ def choose_config(out_channels: int, out_width: int, lanes: int, registers: int,
     native = native or lanes
     ow_tile = column_tile(out_width, lanes, native)
     accumulators = registers * max(1, lanes // native) // 2             # architectural registers
-    budget = max(1, min(out_channels, accumulators // -(-ow_tile // native)))
-    return DirectConfig(co_tile=channel_tile(out_channels, budget), ow_tile=ow_tile)
-
-
-def channel_tile(out_channels: int, budget: int) -> int:
-    """The largest divisor of the channels within ``budget`` rows if it fills half of it, else
-    ``budget``: no partial tile, and the tile stays a search decision (``tunable_split`` samples
-    only perfect tiles).  Measured level with the full budget on znver3 (6 or 5 rows instead of 8:
-    0.92-1.13x on Conv2d(24, 12, 3), (20, 30, 3) and (12, 20, 3), single-threaded)."""
-    divisors = [t for t in range(budget, 0, -1) if out_channels % t == 0 and 2 * t >= budget]
-    return divisors[0] if divisors else budget
+    # the channels' largest divisor within the budget if it fills half of it (``tile_extent``): no
+    # partial tile, and the tile stays a search decision (``tunable_split`` samples perfect tiles).
+    # Measured level with the full budget on znver3 (6 or 5 rows instead of 8: 0.92-1.13x on
+    # Conv2d(24, 12, 3), (20, 30, 3) and (12, 20, 3), single-threaded).
+    co_tile = tile_extent(out_channels, max(1, accumulators // -(-ow_tile // native)))
+    return DirectConfig(co_tile=co_tile, ow_tile=ow_tile)
 
 
 def column_tile(out_width: int, lanes: int, native: Optional[int] = None) -> int:
@@ -73,10 +69,9 @@ def column_tile(out_width: int, lanes: int, native: Optional[int] = None) -> int
     if whole:
         return whole[0]
     for vector in (native, lanes):
-        candidates = range(min(vector, out_width), 0, -1)
-        divisors = [t for t in candidates if out_width % t == 0 and 2 * t >= min(vector, out_width)]
-        if divisors:
-            return divisors[0]
+        tile = tile_extent(out_width, vector)
+        if out_width % tile == 0:
+            return tile
     return min(lanes, out_width)
 
 
