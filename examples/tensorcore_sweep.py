@@ -45,7 +45,7 @@ LAYERS = [
 
 def candidates(gemm, target, element_bytes, hand, count, rng):
     """The hand choice, then up to ``count - 1`` other configurations that fit the target."""
-    from schedules.cuda_tensorcore import Config
+    from schedules.cuda_tensorcore import ACCUMULATOR_SHARE, FRAGMENT, WARP, Config
     limit = int(target.attrs["max_shared_memory_per_block"])
     registers = int(target.attrs["registers_per_block"])
     pool = []
@@ -53,7 +53,7 @@ def candidates(gemm, target, element_bytes, hand, count, rng):
                                                            (16, 32, 64), (1, 2, 3, 4)):
         c = Config(wm, wn, fm, fn, chunk, element_bytes, stages)
         threads = c.threads
-        if threads > 512 or fm * fn * 8 > min(255, registers // threads) // 2:
+        if threads > 512 or fm * fn * FRAGMENT * FRAGMENT // WARP > min(255, registers // threads) * ACCUMULATOR_SHARE:
             continue
         if stages > 1 and stages > -(-gemm.k // chunk) or c.shared_bytes() > limit:
             continue
@@ -78,7 +78,7 @@ def build(args) -> None:
     from compiler.request import KernelRequest
     from dataclasses import replace
 
-    from schedules.cuda_tensorcore import CudaTensorCore, choose_config, gemm_of, input_vector
+    from schedules.cuda_tensorcore import CudaTensorCore, gemm_of, input_vector
     from schedules.gpu_verify import passes_gpu_verification
     from targets import resolve
     from targets.cuda import compile_context
@@ -100,13 +100,14 @@ def build(args) -> None:
         workload = kbuild.workload_of(request)
         gemm, _ = gemm_of(s_tir.Schedule(func), request.spec)
         element_bytes = 4 if tf32 else 2
-        hand_sch = CudaTensorCore().apply(func, workload, base)
-        hand = choose_config(gemm, base, element_bytes)
-        hand = replace(hand, input_vector=input_vector(workload, hand))
+        hand, hand_sch = CudaTensorCore().tile_and_schedule(func, workload, base)
         for n, config in enumerate(candidates(gemm, target, element_bytes, hand, args.configs, rng)):
             try:
-                config = replace(config, input_vector=input_vector(workload, config))
-                sch = hand_sch if n == 0 else CudaTensorCore._schedule_contiguous(func, workload, config)
+                if n == 0:
+                    sch = hand_sch
+                else:
+                    config, sch = CudaTensorCore.schedule_contiguous(
+                        func, workload, replace(config, input_vector=input_vector(workload, config)))
                 if n and not passes_gpu_verification(sch.mod, target):
                     continue
                 with compile_context(target):
@@ -124,19 +125,12 @@ def build(args) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
-def _cuda_ms(fn, torch, repeats=20) -> float:
+def _cuda_ms(fn) -> float:
+    """Milliseconds per call: the benchmark's CUDA-event rounds (``compiler.bench``), median of 5."""
+    from compiler.bench import _round_time
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / repeats)
-    return statistics.median(times)
+    return statistics.median(_round_time(fn, 0.01, "cuda") for _ in range(5)) * 1e3
 
 
 def run(args) -> None:
@@ -162,7 +156,7 @@ def run(args) -> None:
                 f(x, w, y)
                 torch.cuda.synchronize()
                 error = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
-                ms = _cuda_ms(lambda: f(x, w, y), torch)
+                ms = _cuda_ms(lambda: f(x, w, y))
         except Exception as err:  # noqa: BLE001 - report and go on
             print(f"{entry['library']}: {type(err).__name__}: {' | '.join(str(err).split(chr(10)))[:400]}", flush=True)
             continue
@@ -196,10 +190,10 @@ def _reference(text, shape, dtype, torch):
         ref = parse_layer(text, torch.nn).cuda().double()
         ref.load_state_dict(layer.state_dict())
         expected = ref(x.double()).float()
-        cudnn_ms = _cuda_ms(lambda: layer(x), torch)
+        cudnn_ms = _cuda_ms(lambda: layer(x))
         xl = x.to(memory_format=torch.channels_last)
         layer_cl = layer.to(memory_format=torch.channels_last)
-        cl_ms = _cuda_ms(lambda: layer_cl(xl), torch)
+        cl_ms = _cuda_ms(lambda: layer_cl(xl))
     return x, layer.weight.detach().contiguous(), expected, cudnn_ms, cl_ms
 
 

@@ -268,6 +268,13 @@ class CudaTensorCore(ScheduleRule):
     version = 3        # 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no pipeline
 
     def apply(self, func, workload, target):
+        made = self.tile_and_schedule(func, workload, target)
+        return None if made is None else made[1]
+
+    def tile_and_schedule(self, func, workload, target) -> Optional[Tuple[Config, s_tir.Schedule]]:
+        """The rule's tile for ``workload`` on ``target`` and the schedule it makes (None where the
+        rule declines): the first tile, in rank order, that TVM schedules (the transposed form's
+        phase interleave cannot be inlined over some GEMM paddings) and that passes its GPU verifier."""
         if str(target.kind.name) != "cuda" or arch_number(target) < 80:
             return None
         operands = operand_type(workload)
@@ -281,23 +288,27 @@ class CudaTensorCore(ScheduleRule):
         gemm, _ = gemm_of(s_tir.Schedule(func), spec)
         if gemm.m < FRAGMENT:
             return None
-        element_bytes = 4 if STORAGE[operands] == "float32" else 2
-        # the first tile, in rank order, that TVM schedules (the transposed form's phase interleave
-        # cannot be inlined over some GEMM paddings) and that passes its GPU verifier
-        ranked = ranked_configs(gemm, target, element_bytes)
+        ranked = ranked_configs(gemm, target, 4 if STORAGE[operands] == "float32" else 2)
         following = dict(zip(ranked, ranked[1:]))
-        return first_verified(ranked[0] if ranked else None, lambda c: self._schedule_contiguous(
-            func, workload, replace(c, input_vector=input_vector(workload, c))), following.get, target)
+        made = {}
+
+        def attempt(config: Config) -> s_tir.Schedule:
+            made["tile"], sch = self.schedule_contiguous(
+                func, workload, replace(config, input_vector=input_vector(workload, config)))
+            return sch
+        sch = first_verified(ranked[0] if ranked else None, attempt, following.get, target)
+        return None if sch is None else (made["tile"], sch)
 
     @classmethod
-    def _schedule_contiguous(cls, func, workload, config: Config) -> s_tir.Schedule:
-        """``schedule`` with ``config``, or without input vectors where TVM's vectorizer could not
-        prove a vector's pixels consecutive (it then gathers them, and nvcc rejects the 8-half
-        ``make_uint4`` the CUDA codegen writes for that)."""
+    def schedule_contiguous(cls, func, workload, config: Config) -> Tuple[Config, s_tir.Schedule]:
+        """(tile, schedule) for ``config``: as it is, or without input vectors where TVM's vectorizer
+        could not prove a vector's pixels consecutive (it then gathers them, and nvcc rejects the
+        8-half ``make_uint4`` the CUDA codegen writes for that)."""
         sch = cls.schedule(func, workload, config)
         if config.input_vector > 1 and gathers(sch.mod, "input"):
-            sch = cls.schedule(func, workload, replace(config, input_vector=1))
-        return sch
+            config = replace(config, input_vector=1)
+            sch = cls.schedule(func, workload, config)
+        return config, sch
 
     @staticmethod
     def schedule(func, workload, config: Config) -> s_tir.Schedule:

@@ -40,7 +40,7 @@ from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, OCCUPANCY_WARPS, Config, Gemm,
-                                       choose_config, gathers, gemm_of, input_vector, pipeline_stages,
+                                       choose_config, gathers, gemm_of, pipeline_stages,
                                        ranked_configs)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
@@ -97,17 +97,16 @@ def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool =
     spec, shape = LAYERS[layer]
     request, target = _request(spec, shape, dtype, epilogue), resolve(f"cuda/{arch}")
     func, workload = build.prim_func(request), build.workload_of(request)
-    sch = CudaTensorCore().apply(func, workload, target)
-    assert sch is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
+    made = CudaTensorCore().tile_and_schedule(func, workload, target)
+    assert made is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
+    tile, sch = made
     if pipelined:
-        gemm = gemm_of(s_tir.Schedule(func), spec)[0]
-        config = choose_config(gemm, target, 4 if dtype == "tf32" else 2)
-        if gemm.k <= config.chunk_k:              # a pipeline needs two chunks
-            config = replace(config, chunk_k=FRAGMENT)
-        config = replace(config, stages=pipeline_stages(config, gemm.k, int(target.attrs["max_shared_memory_per_block"])),
-                         input_vector=input_vector(workload, config))
-        assert config.stages > 1
-        sch = CudaTensorCore._schedule_contiguous(func, workload, config)
+        k = gemm_of(s_tir.Schedule(func), spec)[0].k
+        if k <= tile.chunk_k:                     # a pipeline needs two chunks
+            tile = replace(tile, chunk_k=FRAGMENT)
+        tile = replace(tile, stages=pipeline_stages(tile, k, int(target.attrs["max_shared_memory_per_block"])))
+        assert tile.stages > 1
+        _, sch = CudaTensorCore.schedule_contiguous(func, workload, tile)
     return request, target, sch
 
 
@@ -283,8 +282,8 @@ def test_gather_detection_sees_lowered_vectors():
         assert not gathers(sch.mod, "weight")
         if gathered:       # the rule's own path reads a pixel per copy instead, and nvcc takes it
             target = resolve("cuda/sm_90")
-            sch = CudaTensorCore._schedule_contiguous(build.prim_func(request), build.workload_of(request), config)
-            assert not gathers(sch.mod, "input")
+            tile, sch = CudaTensorCore.schedule_contiguous(build.prim_func(request), build.workload_of(request), config)
+            assert tile.input_vector == 1 and not gathers(sch.mod, "input")
             with compile_context(target):
                 source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
             assert "make_uint4(input" not in source
