@@ -103,7 +103,6 @@ def multiprocessors(target: Target) -> int:
     return preset.multiprocessors if preset else GpuPreset.multiprocessors
 
 
-
 def preset(name: str) -> GpuPreset:
     """``cuda/sm_90``, ``sm_90`` or ``cuda`` (the local GPU's architecture)."""
     arch = name.split("/", 1)[1] if name.startswith("cuda/") else name
