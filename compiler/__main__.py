@@ -7,7 +7,7 @@
                           [--space ours|generic|both] [--plot]``
 ``python -m compiler build --layer L --input-shape N,C,H,W [--target T] --out DIR``
 ``python -m compiler space --layer L --input-shape N,C,H,W [--target T] [--space ours|generic|both]``
-``python -m compiler report DB [--target T]``
+``python -m compiler report DB [--target T] [--carry-over]``
 
 Every argument is checked before anything is compiled, tuned or timed (:func:`prepare`): the layer
 text (:func:`compiler.layers.parse_layer`), the input shape (4 values N,C,H,W, or 3 values C,H,W for
@@ -450,6 +450,10 @@ def _run(job: Prepared, args) -> None:
                          strategy=args.strategy, cost_model=args.cost_model, space=args.space, plot=args.plot)
     elif job.command == "report":
         from .report import format_report, report
+        if args.carry_over:
+            from .carry_over import carry_over
+            for c in carry_over(args.database, job.target):
+                print(f"carried over: {c.layer}: {c.was} -> {c.rule} (same machine code), {c.ms:.3f} ms")
         print(format_report(report(args.database, job.target), args.database, job.target), end="")
     elif job.command == "space":
         from . import space
@@ -549,6 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("database", help="a database folder (e.g. tuning_logs/llvm-znver4 or a --work-dir)")
     report.add_argument("--target", help="the records' target (default: from the folder's name, "
                         "llvm-<mcpu> or cuda-<arch>)")
+    report.add_argument("--carry-over", action="store_true", help="first commit again, under its rule's "
+                        "current version, each stale hand record whose schedule compiles to the same machine "
+                        "code as the rule's current one (a version bump that changed only the trace); "
+                        "writes into DB")
 
     build = sub.add_parser("build", parents=[common],
                            help="ahead-of-time build: shared library + manifest.json")

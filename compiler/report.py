@@ -154,8 +154,8 @@ def describe(request) -> str:
 
 
 def _shapes(mod) -> str:
-    func = mod["main"]
-    shapes = [("x".join(str(int(d)) for d in func.buffer_map[p].shape)) for p in func.params]
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    shapes = ["x".join(map(str, arg.as_json()[2])) for arg in ArgInfo.from_prim_func(mod["main"])]
     return f"unknown layer ({' ; '.join(shapes)})"
 
 

@@ -22,9 +22,9 @@ from tvm import s_tir
 from targets.cpu import cpu_info
 
 from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
-                   vectorize_if_wide, vectorize_pieces)
+                   tunable_split, vectorize_if_wide, vectorize_pieces)
 from .cpu_tiles import (DTYPE_BYTES, BlockedTiles, blocked_tiles, partition_pieces, pixel_tile_limit,
-                        register_tile)
+                        register_tile, split_blocked_tiles)
 
 
 def column_tile(out_width: int, stride: int, lanes: int, registers: int):
@@ -46,6 +46,9 @@ def column_tile(out_width: int, stride: int, lanes: int, registers: int):
 
 class CpuChannelVector(ScheduleRule):
     name = "cpu-channel-vector"
+    #: 2: its column tile, and the blocked variant's chunk and pixel tiles, are sampling decisions
+    #: (the hand's the defaults)
+    version = 2
 
     def weight_block(self, workload, target):
         """The channel vector: the accumulator's lanes, or one register's where only those divide the
@@ -81,7 +84,7 @@ class CpuChannelVector(ScheduleRule):
         spills = ow_tile is not None and ow_tile > pixel_tile_limit(workload, target, lanes)
         two_register_vectors = registers_per_vector(workload, target) > 1
         if tiles.deep or tiles.skips_dead_taps or spills or (ow_tile is None and two_register_vectors):
-            return self._apply_blocked(func, workload, lanes, tiles)
+            return self._apply_blocked(func, workload, target, lanes, tiles)
         if ow_tile is None:
             return None
         sch = s_tir.Schedule(func)
@@ -91,15 +94,16 @@ class CpuChannelVector(ScheduleRule):
         schedule_pad(sch, workload, by_rows=True)
         pack_weights_at_root(sch, conv, lanes)
         # Step 2. Register tile: a vector of channels x ow_tile columns, the reduction around it.
+        # The column tile is the design space's decision (up to a column per register).
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
         co_o, co_i = sch.split(co, factors=[None, lanes])
-        ow_o, ow_i = sch.split(ow, factors=[None, ow_tile])
+        ow_o, ow_i = tunable_split(sch, ow, ow_tile, max_tile=cpu_info(target).vector_registers)
         sch.reorder(n, co_o, oh, ow_o, rc, rh, rw, ow_i, co_i)
         sch.parallel(sch.fuse(n, co_o, oh))
         # Step 3. Accumulate in registers, stored channel-vector-last: in NCHW order a tile's vector
         # of channels is strided in the accumulator, and LLVM then keeps the tile in memory and
         # assembles every vector lane by lane once the tile has 8 columns (measured 10-13x slower).
-        sch.reverse_compute_at(out, ow_o)
+        sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")
         sch.transform_layout(conv, ("write", 0), lambda n, c, h, w: (n, c // lanes, h, w, c % lanes))
         sch.vectorize(co_i)
@@ -109,7 +113,7 @@ class CpuChannelVector(ScheduleRule):
         vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch
 
-    def _apply_blocked(self, func, workload, lanes: int, tiles: BlockedTiles):
+    def _apply_blocked(self, func, workload, target, lanes: int, tiles: BlockedTiles):
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. The padding: materialised in parallel, or read through its index map where the
@@ -120,12 +124,12 @@ class CpuChannelVector(ScheduleRule):
             schedule_pad(sch, workload, by_rows=True)
         pack_weights_at_root(sch, conv, lanes)
         # Step 2. A task per (image, channel vector); the reduction in chunks of input channels,
-        # each chunk's weights reused by every pixel tile of the task.
+        # each chunk's weights reused by every pixel tile of the task (the chunk and the pixel
+        # tile: the design space's decisions, ``split_blocked_tiles``).
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
         co_o, co_i = sch.split(co, factors=[None, lanes])
-        rc_o, rc_i = sch.split(rc, factors=[None, tiles.chunk])
-        oh_o, oh_i = sch.split(oh, factors=[None, tiles.rows])
-        ow_o, ow_i = sch.split(ow, factors=[None, tiles.columns])
+        (rc_o, rc_i), (oh_o, oh_i), (ow_o, ow_i) = split_blocked_tiles(sch, tiles, rc, (oh, ow),
+                                                                       pixel_tile_limit(workload, target, lanes))
         sch.reorder(n, co_o, rc_o, oh_o, ow_o, rc_i, rh, rw, oh_i, ow_i, co_i)
         task = sch.fuse(n, co_o)
         sch.parallel(task)

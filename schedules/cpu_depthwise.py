@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from .base import ScheduleRule, accumulator_lanes, has_block, native_lanes, vectorize_if_wide
+from .base import ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide
 from .cpu_direct import column_tile
 
 #: Taps above which the kernel-row loop stays rolled (the unrolled body would be rows x taps FMAs).
@@ -55,7 +55,9 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
 
 class CpuDepthwise(ScheduleRule):
     name = "cpu-depthwise"
-    version = 2             # 2: planes 1.5-2 registers wide take whole rows x 2 rows
+    #: 2: planes 1.5-2 registers wide take whole rows x 2 rows; 3: rows and columns per register
+    #: tile are sampling decisions (the hand's the defaults)
+    version = 3
 
     def apply(self, func, workload, target):
         spec = workload.spec
@@ -73,8 +75,10 @@ class CpuDepthwise(ScheduleRule):
         sch = s_tir.Schedule(func)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
-        oh_o, oh_i = sch.split(oh, factors=[None, cfg.rows])
-        ow_o, ow_i = sch.split(ow, factors=[None, cfg.columns])
+        # The register tile is the design space's decision: up to 8 rows (the most measured) x
+        # two vectors of columns.
+        oh_o, oh_i = tunable_split(sch, oh, cfg.rows, max_tile=max(8, cfg.rows))
+        ow_o, ow_i = tunable_split(sch, ow, cfg.columns, max_tile=max(2 * lanes, cfg.columns))
         sch.reorder(n, co, oh_o, ow_o, rc, rh, rw, oh_i, ow_i)
         # Step 1. One task per (image, channel); it pads its channel plane into its own buffer.
         plane = sch.fuse(n, co)
@@ -84,7 +88,7 @@ class CpuDepthwise(ScheduleRule):
             sch.compute_at(pad, plane)
             vectorize_if_wide(sch, sch.get_loops(pad)[-1])
         # Step 2. Accumulate the tile in registers; the epilogue writes it when it is complete.
-        sch.reverse_compute_at(out, ow_o)
+        sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")
         vectorize_if_wide(sch, ow_i)
         # Step 3. Unroll rows and taps so that shared input vectors are loaded once (LLVM's GVN).

@@ -23,7 +23,7 @@ from tvm.sym.analyzer import Analyzer
 
 from targets.cpu import cpu_info
 
-from .base import has_block, registers_per_vector
+from .base import has_block, registers_per_vector, tunable_split
 
 #: Packed weights of one channel vector above which a layer takes the blocked tiles, whose chunks
 #: reuse them from L1 (other tilings re-stream them for every pixel tile): Zen 2/3's L2 per core
@@ -296,6 +296,23 @@ def _pieces(pixels, tile, row_ranges: TapRanges, column_ranges: TapRanges) -> in
         return len(tile_cuts(pixels[axis], tile[axis], ranges.breakpoints(phase))) + 1
     return sum(count(0, row_ranges, ph) * count(1, column_ranges, pw)
                for ph in range(len(row_ranges.ranges)) for pw in range(len(column_ranges.ranges)))
+
+
+def split_blocked_tiles(sch: s_tir.Schedule, tiles: BlockedTiles, reduction, pixel_loops, pixel_limit: int):
+    """Split the reduction into chunks and the pixel loops (rows, columns) into the register tile,
+    as the design space's decisions (``tunable_split``): the chunk any divisor of the channels up to
+    ``4 * CHUNK_CHANNELS`` (or the hand chunk if larger), each pixel tile a divisor of its axis up to
+    ``pixel_limit``.  The pixel tiles stay fixed where the tiles drop dead taps: ``partition_pieces``
+    cuts the tile loops where the hand tiles cross a padding edge, cuts another tile would move.
+    Returns ``[(outer, inner)]`` for the reduction, then each pixel loop."""
+    chunk = tunable_split(sch, reduction, tiles.chunk, max_tile=max(tiles.chunk, 4 * CHUNK_CHANNELS))
+    splits = []
+    for loop, tile in zip(pixel_loops, (tiles.rows, tiles.columns)):
+        if tiles.skips_dead_taps:
+            splits.append(sch.split(loop, factors=[None, tile]))
+        else:
+            splits.append(tunable_split(sch, loop, tile, max_tile=max(tile, pixel_limit)))
+    return [chunk, *splits]
 
 
 def register_tile(sch: s_tir.Schedule, co_i, pixel_loops, taps=()) -> None:

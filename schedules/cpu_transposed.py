@@ -25,13 +25,15 @@ from targets.cpu import cpu_info
 from .base import (ScheduleRule, accumulator_lanes, has_block, schedule_pad, tunable_split, vectorize_if_wide,
                    vectorize_pieces)
 from .cpu_direct import choose_config, vector_registers
-from .cpu_tiles import DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, register_tile
+from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, pixel_tile_limit, register_tile,
+                        split_blocked_tiles)
 
 
 class CpuTransposed(ScheduleRule):
     name = "cpu-transposed-phase"
-    #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults)
-    version = 2
+    #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults);
+    #: 3: the channel-vector form's chunk and pixel tiles too
+    version = 3
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
@@ -66,11 +68,11 @@ class CpuTransposed(ScheduleRule):
         else:
             schedule_pad(sch, workload)
         # Step 2. A task per channel vector (and image, unless ``every_image``); the reduction in
-        # chunks of input channels, all phases inside.
+        # chunks of input channels, all phases inside (the chunk and the pixel tile: the design
+        # space's decisions, ``split_blocked_tiles``).
         co_o, co_i = sch.split(co, factors=[None, lanes])
-        rc_o, rc_i = sch.split(rc, factors=[None, tiles.chunk])
-        qh_o, qh_i = sch.split(qh, factors=[None, tiles.rows])
-        qw_o, qw_i = sch.split(qw, factors=[None, tiles.columns])
+        (rc_o, rc_i), (qh_o, qh_i), (qw_o, qw_i) = split_blocked_tiles(sch, tiles, rc, (qh, qw),
+                                                                       pixel_tile_limit(workload, target, lanes))
         if every_image:
             sch.reorder(co_o, rc_o, n, ph, pw, qh_o, qw_o, rc_i, rh, rw, qh_i, qw_i, co_i)
             task = co_o
@@ -82,7 +84,7 @@ class CpuTransposed(ScheduleRule):
         pack_block = sch.get_sblock("weight_pad") if has_block(sch, "weight_pad") else \
             sch.cache_read(conv, "weight", "global")
         sch.transform_layout(pack_block, ("write", 0), lambda i, o, r, c: (o // lanes, i, r, c, o % lanes))
-        sch.compute_at(pack_block, rc_o)
+        sch.compute_at(pack_block, rc_o, preserve_unit_loops=True)    # the same loops whatever the chunk
         vectorize_if_wide(sch, sch.get_loops(pack_block)[-1])
         # Step 4. The task's sums channel-vector-last across chunks; the epilogue interleaves the
         # phases into NCHW (with the bias) once the task is complete.

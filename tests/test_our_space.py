@@ -5,8 +5,11 @@ import json
 
 import pytest
 import torch
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
 
 import compiler
+import compiler.layers
 from compiler import build, records, space
 from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
@@ -79,4 +82,70 @@ def test_search_in_our_space_mutates_around_the_hand_schedule(tmp_path):
     m.tuning_database = db
     assert_matches_torch(m, torch.randn(*SHAPE))
     assert m.schedule.startswith("tuned:")
+    build.clear_cache()
+
+
+#: Layers of the rules made searchable second: cpu-channel-vector (its column tile; where its blocked
+#: tiles serve, e.g. on AVX2, the chunk and pixel tile; with dead taps dropped, the chunk alone),
+#: cpu-depthwise at stride 1 and 2, and cpu-transposed-phase's channel-vector form.
+SAMPLED_LAYERS = [("Conv2d(16, 16, 3, padding=1)", (1, 16, 12, 12)),
+                  ("Conv2d(32, 16, 3, padding=1)", (1, 32, 8, 8)),
+                  ("Conv2d(16, 16, 3, padding=4, dilation=4)", (1, 16, 12, 12)),
+                  ("Conv2d(16, 16, 3, padding=1, groups=16)", (1, 16, 16, 16)),
+                  ("Conv2d(16, 16, 5, stride=2, padding=2, groups=16)", (2, 16, 18, 18)),
+                  ("ConvTranspose2d(32, 16, 2, stride=2)", (1, 32, 6, 6)),
+                  ("ConvTranspose2d(16, 16, 4, stride=2, padding=1)", (1, 16, 5, 5))]
+
+
+def _random_tiles(trace, mod, rng):
+    """``trace`` with each SamplePerfectTile decision replaced by a random perfect tile within the
+    instruction's limit (what a search's mutation draws)."""
+    sch = s_tir.Schedule(mod)
+    chosen = []
+
+    def provide(inst, inputs, attrs, decision):
+        if inst.kind.name != "SamplePerfectTile":
+            return decision
+        extent, innermost = int(sch.get(inputs[0]).extent), int(attrs[1])
+        tiles = [d for d in range(1, extent + 1) if extent % d == 0 and (innermost <= 0 or d <= innermost)]
+        tile = rng.choice(tiles)
+        chosen.append([extent // tile, tile])
+        return chosen[-1]
+
+    trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provide)
+    return sch.trace, chosen
+
+
+@pytest.mark.parametrize("layer,shape", SAMPLED_LAYERS, ids=[layer for layer, _ in SAMPLED_LAYERS])
+def test_other_decisions_of_our_spaces_compute_torchs_numbers(layer, shape, tmp_path):
+    """Each rule's design space has decisions, defaulting to the hand schedule, and schedules other
+    decisions give (served as a tuning record, as a search's best would be) match torch."""
+    import random
+    module = compiler.layers.parse_layer(layer)
+    request = compiler.layers.request_of(module, shape, output_padding=(0, 0) if module.transposed else None)
+    target = host_target()
+    hand = build.schedule(request, target)
+    assert hand.rule in {"cpu-channel-vector", "cpu-depthwise", "cpu-transposed-phase", "cpu-direct"}
+    (ours,) = space.design_spaces(request, target, "ours")
+    assert ours.size > 1 and records.trace_key(ours.schedule.trace) == records.trace_key(hand.trace)
+    mod = build.workload_module(request)
+    rng = random.Random(layer)
+    tried = set()
+    for attempt in range(2):
+        trace, tiles = _random_tiles(ours.schedule.trace, mod, rng)
+        if tiles == _defaults(hand.trace) or str(tiles) in tried:
+            continue
+        tried.add(str(tiles))
+        db = tmp_path / f"db{attempt}"
+        with records.RunFolder(db) as run:
+            writer = run.database()
+            workload = writer.commit_workload(mod)
+            args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [1.0], target, args))
+            writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [1e-9], target, args))
+        build.clear_cache()
+        module.tuning_database = db
+        assert_matches_torch(module, torch.randn(*shape))
+        assert module.schedule.startswith("tuned:"), module.schedule
+    assert tried, "no decision other than the hand one was drawn"
     build.clear_cache()
