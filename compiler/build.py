@@ -7,14 +7,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import tvm
 from tvm import s_tir, te
 from tvm.target import Target
 
 from schedules import Workload, apply_first, rules_for
-from schedules.base import schedule_weight_pack
+from schedules.base import mark_rule, schedule_weight_pack
 
 from . import compute, library_cache, progress, records
 from .request import KernelRequest
@@ -72,6 +72,16 @@ def schedule(request: KernelRequest, target: Target, rules=None, prepacked: bool
     rule, sch, block = apply_first(rules or rules_for(target), lambda block: prim_func(request, block),
                                    workload_of(request), target, prepacked)
     return Scheduled(rule.name, sch.mod, block, sch.trace)
+
+
+def alternatives(request: KernelRequest, target: Target) -> List[Scheduled]:
+    """The other schedules the rule serving ``request`` offers a search (``ScheduleRule.alternatives``),
+    marked and finished as its own."""
+    rules = rules_for(target)
+    rule, _, _ = apply_first(rules, lambda block: prim_func(request, block), workload_of(request), target)
+    return [Scheduled(rule.name, sch.mod, None, sch.trace)
+            for sch in (rule.postprocess(mark_rule(alt, rule))
+                        for alt in rule.alternatives(prim_func(request), workload_of(request), target))]
 
 
 def workload_module(request: KernelRequest) -> tvm.IRModule:

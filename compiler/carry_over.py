@@ -9,10 +9,10 @@ target, which is impossible where the records came from another machine (the shi
 
 Here the measurement is carried instead of repeated, and only where it is the same kernel: a stale
 record without sampling decisions or with its rule's default ones (an older version's hand
-schedule, not a search around it) whose schedule compiles, for
-the record's own target, to the same machine code as the rule's current schedule (the generated
-assembly, or the device source of a GPU kernel, compared with assembler directives left out) is
-committed again under the current trace with the measured times it had.  Anything else stays stale
+schedule, not a search around it) whose schedule compiles, for the record's own target, to the
+same machine code as the rule's current schedule (the host assembly and a GPU kernel's PTX,
+compared without assembler directives: :func:`machine_code`) is committed again under the current
+trace with the measured times it had.  Anything else stays stale
 until a ``tune --trials 0`` on the target re-measures it.
 """
 from __future__ import annotations
@@ -41,18 +41,22 @@ class Carried:
 
 
 def machine_code(mod: tvm.IRModule, target: Target) -> str:
-    """What ``mod`` compiles to for ``target``: the host assembly and each device module's source,
-    without assembler directives and comments (section names, debug and file metadata), which name
-    the build rather than the kernel."""
+    """What ``mod`` compiles to for ``target``: the host assembly and each CUDA module's PTX (nvcc
+    on its source: the source names loop variables, which a unit loop more or less renames), without
+    assembler directives and comments (section names, register declarations, debug and file
+    metadata), which name the build rather than the kernel."""
+    from .cuda_binary import compile_device_code
     executable = tvm.compile(mod, target=target)
     parts, pending = [], [executable.mod]
     while pending:
         module = pending.pop()
         pending.extend(module.imports)
-        kind = getattr(module, "type_key", "") or ""
         try:
-            text = module.inspect_source("asm" if kind == "llvm" or not parts else "")
-        except Exception:  # noqa: BLE001 - a module without source to show (e.g. a library wrapper)
+            if module.kind == "cuda":
+                text = compile_device_code(module.inspect_source(), target, "ptx").decode()
+            else:
+                text = module.inspect_source("asm" if module.kind == "llvm" else "")
+        except (RuntimeError, ValueError, AttributeError):   # a module without code to show
             continue
         parts.append("\n".join(line for line in text.splitlines()
                                if not line.strip().startswith((".", "#", ";", "//")) or line.strip().startswith(".L")))

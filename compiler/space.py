@@ -24,13 +24,19 @@ from .search import SPACES
 
 
 def ours(request: KernelRequest, target: Target) -> ms.space_generator.ScheduleFn:
-    """The hand-written rule's design space: its schedule, marked with the rule's name and version,
-    replayed onto the task's workload (the decisions it samples keep their hand defaults)."""
+    """The hand-written rule's design spaces: its schedule, marked with the rule's name and version,
+    replayed onto the task's workload (the decisions it samples keep their hand defaults), then each
+    of the rule's ``alternatives`` (e.g. other tensor-core tiles), all up to their postprocessing
+    steps, which MetaSchedule's own postprocessors take on every candidate (e.g. ``cuda-direct``'s
+    cooperative copies, split over whatever thread count a candidate's tiles give)."""
     hand = build.schedule(request, target)
+    others = build.alternatives(request, target)
 
-    def schedule(sch: s_tir.Schedule) -> s_tir.Schedule:
-        hand.trace.apply_to_schedule(sch, remove_postproc=False)
-        return sch
+    def schedule(sch: s_tir.Schedule) -> List[s_tir.Schedule]:
+        spaces = [sch] + [s_tir.Schedule(sch.mod) for _ in others]
+        for space, made in zip(spaces, [hand, *others]):
+            made.trace.apply_to_schedule(space, remove_postproc=True)
+        return spaces
 
     return ms.space_generator.ScheduleFn(schedule, sch_rules=[], postprocs="from-target",
                                          mutator_probs="from-target")

@@ -1,8 +1,9 @@
 """The schedule-rule interface (as TVM dlight's): ``apply`` returns a Schedule, or None for "not mine"."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from tvm import s_tir, tirx
 from tvm.target import Target
@@ -88,6 +89,18 @@ class ScheduleRule:
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> Optional[s_tir.Schedule]:
         raise NotImplementedError
 
+    def alternatives(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> List[s_tir.Schedule]:
+        """Other whole schedules of this rule for the workload, offered to a search as design spaces
+        of their own beside ``apply``'s (choices a trace cannot sample, e.g. a tile that decides the
+        staging's shapes in Python).  None by default."""
+        return []
+
+    def postprocess(self, sch: s_tir.Schedule) -> s_tir.Schedule:
+        """Steps after the rule's mark that MetaSchedule's own postprocessors take (after
+        ``enter_postproc``: a search re-runs them on every candidate of the rule's design space).
+        None by default."""
+        return sch
+
 
 #: The root-block annotation naming the rule (and its version) that made a schedule.
 RULE_ANNOTATION = "tvm_conv.rule"
@@ -114,7 +127,7 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
         block = rule.weight_block(workload, target) if prepacked else None
         sch = rule.apply(make_func(block), workload, target)
         if sch is not None:
-            return rule, mark_rule(sch, rule), block
+            return rule, rule.postprocess(mark_rule(sch, rule)), block
     raise ValueError(f"no schedule rule accepts {workload}")
 
 
@@ -148,11 +161,17 @@ def tunable_split(sch: s_tir.Schedule, loop, tile: int, max_tile: int):
     two, the hand choice ``[extent / tile, tile]`` its default and inner tiles up to ``max_tile`` its
     range, so a search in the rule's design space (``tune --space ours``) tries other tiles around
     it.  A tile that does not divide the extent stays a fixed split (the search's tiles are perfect)."""
-    extent = sch.get(loop).extent
-    if not isinstance(extent, tirx.IntImm) or int(extent) % tile or tile > max_tile:
-        return sch.split(loop, factors=[None, tile])
-    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_tile,
-                                      decision=[int(extent) // tile, tile])
+    return tunable_tiles(sch, loop, (tile,), max_tile)
+
+
+def tunable_tiles(sch: s_tir.Schedule, loop, tiles: Sequence[int], max_innermost: int):
+    """:func:`tunable_split` into ``1 + len(tiles)`` loops: ``[outer, *tiles]`` (e.g. blocks x threads
+    x registers), the innermost tile at most ``max_innermost`` in the search."""
+    extent, inner = sch.get(loop).extent, math.prod(tiles)
+    if not isinstance(extent, tirx.IntImm) or int(extent) % inner or tiles[-1] > max_innermost:
+        return sch.split(loop, factors=[None, *tiles])
+    factors = sch.sample_perfect_tile(loop, n=1 + len(tiles), max_innermost_factor=max_innermost,
+                                      decision=[int(extent) // inner, *tiles])
     return sch.split(loop, factors=factors)
 
 

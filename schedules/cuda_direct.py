@@ -8,6 +8,12 @@ input window and the weight slice in shared memory with all its threads (the pad
 that copy, so global reads stay in bounds), then every thread runs the unrolled taps on it.
 Half types are loaded as such and accumulated in float32 (the compute's ``conv`` stage).
 Tiles shrink until TVM's GPU verifier accepts the kernel for the target's limits.
+
+As a design space (version 2): the block x thread x register tiles of channels, rows and columns and
+the reduction chunk are ``sample_perfect_tile`` decisions where the hand tile divides the extent (a
+width of 56 under 16-thread rows stays a fixed split), and the cooperative copies are left to
+MetaSchedule's ``RewriteCooperativeFetch`` (``postprocess``), their vector width a decision (1 by
+default), so that a searched tile's thread count splits the copies.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from typing import Optional
 
 from tvm import s_tir
 
-from .base import ScheduleRule, has_block
+from tvm.s_tir import meta_schedule as ms
+
+from .base import ScheduleRule, has_block, tunable_tiles
 from .gpu_verify import first_verified
 
 
@@ -58,8 +66,17 @@ def _shrink(tile: CudaTile) -> Optional[CudaTile]:
     return None
 
 
+#: Vector widths of the cooperative copies into shared memory the search may try (the hand
+#: schedule's: 1, what the copies' rows allow for every layer: a padded window's rows are not aligned).
+COPY_VECTORS = (1, 2, 4)
+#: Most registers per thread along the channels or columns in the search (the hand tile: 4 x 1-2).
+MAX_REGISTER_TILE = 8
+
+
 class CudaDirect(ScheduleRule):
     name = "cuda-direct"
+    #: 2: the tiles are sampling decisions and the copies are split by RewriteCooperativeFetch
+    version = 2
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda":
@@ -76,13 +93,19 @@ class CudaDirect(ScheduleRule):
         element_bytes = 2 if workload.dtype in ("float16", "bfloat16") else int(workload.dtype[-2:]) // 8
         max_threads = int(target.attrs.get("max_threads_per_block", 1024))
         tile = choose_tile(co, out_h, out_w, spec.in_channels // spec.groups, element_bytes, max_threads)
-        return first_verified(tile, lambda t: self._schedule(func, spec, t), _shrink, target)
+        return first_verified(tile, lambda t: self._schedule(func, spec, t), _shrink, target, self.postprocess)
+
+    def postprocess(self, sch):
+        """The cooperative copies split over the block's threads (and vectorised as decided)."""
+        sch.enter_postproc()
+        if not ms.postproc.RewriteCooperativeFetch().apply(sch):
+            raise ValueError("cuda-direct: RewriteCooperativeFetch refused the schedule")
+        return sch
 
     @staticmethod
     def _schedule(func, spec, tile: CudaTile) -> s_tir.Schedule:
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
-        threads = tile.co_t * tile.h_t * tile.w_t
         # Step 1. Shared-memory copies of the (padded) input and the weight slice; the pad and the
         # transposed form's zero weight taps are computed inside the copies.
         input_shared = sch.cache_read(conv, 0, "shared")
@@ -95,10 +118,10 @@ class CudaDirect(ScheduleRule):
         n, co, *rest = loops[:-3]
         rc, rh, rw = loops[-3:]
         *phases, h, w = rest
-        co_b, co_t, co_i = sch.split(co, factors=[None, tile.co_t, tile.co_i])
-        h_b, h_t = sch.split(h, factors=[None, tile.h_t])
-        w_b, w_t, w_i = sch.split(w, factors=[None, tile.w_t, tile.w_i])
-        rc_o, rc_i = sch.split(rc, factors=[None, tile.rc_i])
+        co_b, co_t, co_i = tunable_tiles(sch, co, (tile.co_t, tile.co_i), MAX_REGISTER_TILE)
+        h_b, h_t = tunable_tiles(sch, h, (tile.h_t,), max(tile.h_t, 32))
+        w_b, w_t, w_i = tunable_tiles(sch, w, (tile.w_t, tile.w_i), MAX_REGISTER_TILE)
+        rc_o, rc_i = tunable_tiles(sch, rc, (tile.rc_i,), max(tile.rc_i, 32))
         sch.reorder(*phases, n, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
         bx = sch.fuse(n, co_b, h_b, w_b)
         tx = sch.fuse(co_t, h_t, w_t)
@@ -109,15 +132,18 @@ class CudaDirect(ScheduleRule):
         for phase, axis in zip(phases, ("blockIdx.y", "blockIdx.z")):
             sch.bind(phase, axis)
         sch.bind(tx, "threadIdx.x")
-        # Step 3. Stage each reduction chunk cooperatively.
+        # Step 3. Stage each reduction chunk cooperatively: the copy's loops fused, split over the
+        # block's threads by ``postprocess`` (whatever thread count the tiles give).
         for cached in (input_shared, weight_shared):
-            sch.compute_at(cached, rc_o)
+            sch.compute_at(cached, rc_o, preserve_unit_loops=True)
             own = sch.get_loops(cached)[3 + len(phases):]     # below the grid, threadIdx and rc_o
             if not own:                              # a one-element window has no loops of its own
                 own = [sch.add_unit_loop(cached)]
-            fused = sch.fuse(*own) if len(own) > 1 else own[0]
-            _, ftx = sch.split(fused, factors=[None, threads])
-            sch.bind(ftx, "threadIdx.x")
+            if len(own) > 1:
+                sch.fuse(*own)
+            vector = sch.sample_categorical(list(COPY_VECTORS), [1 / len(COPY_VECTORS)] * len(COPY_VECTORS),
+                                            decision=0)
+            sch.annotate(cached, "meta_schedule.cooperative_fetch", vector)
         # Step 4. Accumulate in registers; write back (with bias and cast) from the registers.
         acc = sch.cache_write(conv, 0, "local")
         out = sch.get_sblock("output")

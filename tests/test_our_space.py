@@ -97,23 +97,30 @@ SAMPLED_LAYERS = [("Conv2d(16, 16, 3, padding=1)", (1, 16, 12, 12)),
                   ("ConvTranspose2d(16, 16, 4, stride=2, padding=1)", (1, 16, 5, 5))]
 
 
-def _random_tiles(trace, mod, rng):
-    """``trace`` with each SamplePerfectTile decision replaced by a random perfect tile within the
-    instruction's limit (what a search's mutation draws)."""
+def _random_tiles(trace, mod, rng, keep_schedule=False):
+    """``trace`` replayed with each SamplePerfectTile decision replaced by a random perfect tile within
+    the instruction's limit and each SampleCategorical by a random choice (what a search's mutation
+    draws): the trace (or the schedule), and the tiles drawn."""
     sch = s_tir.Schedule(mod)
     chosen = []
 
     def provide(inst, inputs, attrs, decision):
+        if inst.kind.name == "SampleCategorical":
+            return rng.randrange(len(attrs[0]))
         if inst.kind.name != "SamplePerfectTile":
             return decision
-        extent, innermost = int(sch.get(inputs[0]).extent), int(attrs[1])
-        tiles = [d for d in range(1, extent + 1) if extent % d == 0 and (innermost <= 0 or d <= innermost)]
-        tile = rng.choice(tiles)
-        chosen.append([extent // tile, tile])
+        extent, parts, innermost = int(sch.get(inputs[0]).extent), int(attrs[0]), int(attrs[1])
+        divisors = lambda n: [d for d in range(1, n + 1) if n % d == 0]  # noqa: E731
+        tile = rng.choice([d for d in divisors(extent) if innermost <= 0 or d <= innermost])
+        factors, rest = [tile], extent // tile
+        for _ in range(parts - 2):                 # the middle factors, then the outermost
+            factors.insert(0, rng.choice(divisors(rest)))
+            rest //= factors[0]
+        chosen.append([rest, *factors])
         return chosen[-1]
 
     trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provide)
-    return sch.trace, chosen
+    return (sch if keep_schedule else sch.trace), chosen
 
 
 @pytest.mark.parametrize("layer,shape", SAMPLED_LAYERS, ids=[layer for layer, _ in SAMPLED_LAYERS])
@@ -149,3 +156,40 @@ def test_other_decisions_of_our_spaces_compute_torchs_numbers(layer, shape, tmp_
         assert module.schedule.startswith("tuned:"), module.schedule
     assert tried, "no decision other than the hand one was drawn"
     build.clear_cache()
+
+
+CUDA_SAMPLED = [("Conv2d(8, 16, 3, padding=1)", (2, 8, 8, 16)),
+                ("Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)", (1, 4, 9, 9)),
+                ("ConvTranspose2d(8, 8, 4, stride=2, padding=1)", (1, 8, 4, 4))]
+
+
+@pytest.mark.parametrize("layer,shape", CUDA_SAMPLED, ids=[layer for layer, _ in CUDA_SAMPLED])
+def test_cuda_direct_space_draws_compute_torchs_numbers(layer, shape):
+    """cuda-direct's space: its tiles and copy vectors are decisions; draws that TVM's GPU verifier
+    accepts, finished by MetaSchedule's RewriteCooperativeFetch as in a search, compute torch's
+    numbers (emulated on the CPU, tests/gpu_emulation.py)."""
+    import random
+    from gpu_emulation import compile_serialised
+    from schedules.gpu_verify import passes_gpu_verification
+    from targets import resolve
+    from test_cuda_emulated import _run_and_compare
+    module = compiler.layers.parse_layer(layer)
+    request = compiler.layers.request_of(module, shape, output_padding=(0, 0) if module.transposed else None)
+    target = resolve("cuda/sm_80")
+    hand = build.schedule(request, target)
+    assert hand.rule == "cuda-direct"
+    (ours,) = space.design_spaces(request, target, "ours")
+    kinds = {p.kind for p in ours.points}
+    assert kinds == {"SamplePerfectTile", "SampleCategorical"} and ours.size > 1
+    assert records.trace_key(ours.schedule.trace) == records.trace_key(hand.trace)
+    mod, rng, checked = build.workload_module(request), random.Random(layer), 0
+    for _ in range(12):
+        sch, tiles = _random_tiles(ours.schedule.trace, mod, rng, keep_schedule=True)
+        sch.enter_postproc()
+        if not ms.postproc.RewriteCooperativeFetch().apply(sch) or not passes_gpu_verification(sch.mod, target):
+            continue
+        _run_and_compare(compile_serialised(sch.mod), module, shape)
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2, "fewer than two draws passed the GPU verifier"

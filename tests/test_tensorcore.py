@@ -39,8 +39,8 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
-from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, OCCUPANCY_WARPS, Config, Gemm,
-                                       choose_config, gathers, gemm_of, pipeline_stages,
+from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, OCCUPANCY_WARPS, SEARCH_TILES,
+                                       Config, Gemm, choose_config, gathers, gemm_of, pipeline_stages,
                                        ranked_configs)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
@@ -644,3 +644,24 @@ def test_float32_modules_on_the_gpu_follow_torchs_tf32_setting(layer, torch_tf32
         assert m.last_request.tf32 == (allowed and tensor_cores)
         assert m.schedule == ("cuda-tensorcore" if m.last_request.tf32 else "cuda-direct")
         assert_output_matches(m, x, y, operand_roundoff=TF32_ROUNDOFF if m.last_request.tf32 else 0.0)
+
+
+@pytest.mark.parametrize("layer,dtype", [("dense3x3", "float16"), ("transposed", "bfloat16")])
+def test_other_tiles_are_design_spaces_that_compute_torchs_numbers(layer, dtype):
+    """The rule's tile choice is searchable: its design spaces are its own schedule and the next
+    verified tiles in rank order (``alternatives``), each marked with the rule, each a different
+    kernel; two of them, emulated, compute torch's numbers."""
+    from compiler import records, space
+    request, target, sch = _scheduled(layer, dtype, "sm_80")
+    spaces = space.design_spaces(request, target, "ours")
+    assert 1 < len(spaces) <= SEARCH_TILES
+    assert records.trace_key(spaces[0].schedule.trace) == records.trace_key(build.schedule(request, target).trace)
+    assert len({records.trace_key(s.schedule.trace) for s in spaces}) == len(spaces)
+    assert all(records.rule_mark(s.schedule.trace) == records.RuleMark("cuda-tensorcore", CudaTensorCore.version)
+               for s in spaces)
+    spec, shape = LAYERS[layer]
+    m = _module(spec, dtype)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    for alternative in (spaces[1], spaces[-1]):
+        y = _emulate(request, without_tensorize(alternative.schedule, build.prim_func(request)).mod, m, x)
+        assert_output_matches(m, x, y)
