@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+from tvm.ir.utils import derived_object
 
 STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
 #: design spaces (compiler.space): the hand-written rule's, MetaSchedule's generic one, or both
@@ -63,11 +65,11 @@ class SearchSettings:
 
     def make_strategy(self) -> ms.search_strategy.SearchStrategy:
         if self.strategy == "replay-trace":
-            return ms.search_strategy.ReplayTrace()
+            return UntilExhausted(ms.search_strategy.ReplayTrace())
         if self.strategy == "replay-func":
-            return ms.search_strategy.ReplayFunc()
-        return ms.search_strategy.EvolutionarySearch(population_size=self.population,
-                                                     init_min_unmeasured=min(50, self.population))
+            return UntilExhausted(ms.search_strategy.ReplayFunc())
+        return UntilExhausted(ms.search_strategy.EvolutionarySearch(population_size=self.population,
+                                                                    init_min_unmeasured=min(50, self.population)))
 
     def make_cost_model(self, workers: int) -> ms.cost_model.CostModel:
         """The cost model; with a seed, numpy's global generator is seeded too: MetaSchedule's models
@@ -90,3 +92,42 @@ class SearchSettings:
 
 
 __all__ = ["SearchSettings", "STRATEGIES", "COST_MODELS", "SPACES"]
+
+
+#: Empty batches in a row after which a search has nothing left to measure.
+EMPTY_BATCHES = 2
+
+
+@derived_object
+class UntilExhausted(PySearchStrategy):
+    """MetaSchedule's ``inner`` strategy, ended once it has nothing new to propose.  Once every schedule
+    of a small space is measured (our rules' spaces hold 5-100), the evolutionary search sends empty
+    batches, ~40 s each on 2 cores, and the task never ends: ``tune --space ours --trials 48`` on a
+    7-schedule space ran on until killed.  ``EMPTY_BATCHES`` empty batches in a row end it."""
+
+    def __init__(self, inner: ms.search_strategy.SearchStrategy) -> None:
+        self.inner, self.empty = inner, 0
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
+        self.empty = 0
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates()
+        if candidates is not None and len(candidates) == 0:
+            self.empty += 1
+            return None if self.empty >= EMPTY_BATCHES else candidates
+        self.empty = 0
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> "UntilExhausted":
+        return UntilExhausted(self.inner.clone())

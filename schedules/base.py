@@ -92,13 +92,13 @@ class ScheduleRule:
     def alternatives(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> List[s_tir.Schedule]:
         """Other whole schedules of this rule for the workload, offered to a search as design spaces
         of their own beside ``apply``'s (choices a trace cannot sample, e.g. a tile that decides the
-        staging's shapes in Python).  None by default."""
+        staging's shapes in Python).  None by default: the rule's space is its own trace."""
         return []
 
     def postprocess(self, sch: s_tir.Schedule) -> s_tir.Schedule:
         """Steps after the rule's mark that MetaSchedule's own postprocessors take (after
         ``enter_postproc``: a search re-runs them on every candidate of the rule's design space).
-        None by default."""
+        Nothing by default."""
         return sch
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from tvm import s_tir
-
 from tvm.s_tir import meta_schedule as ms
 
 from .base import ScheduleRule, has_block, tunable_tiles

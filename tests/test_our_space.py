@@ -193,3 +193,16 @@ def test_cuda_direct_space_draws_compute_torchs_numbers(layer, shape):
         if checked == 2:
             break
     assert checked == 2, "fewer than two draws passed the GPU verifier"
+
+
+def test_a_search_ends_once_its_space_is_exhausted(tmp_path):
+    """More trials than our space holds: the search measures what there is and ends
+    (``search.UntilExhausted``); MetaSchedule's evolutionary search would send empty batches forever."""
+    layer, shape = "Conv2d(16, 16, 5, stride=2, padding=2, groups=16)", (2, 16, 18, 18)
+    request = compiler.layers.request_of(layer, shape)
+    (ours,) = space.design_spaces(request, host_target(), "ours")
+    assert 1 < ours.size <= 12
+    result = tune(layer, shape, trials=ours.size + 8, trials_per_iter=4, work_dir=tmp_path / "db", space="ours",
+                  seed=0, population=16, final_check=0, out=io.StringIO())
+    assert 1 <= result.trials_total <= ours.size - 1         # every other schedule of the space, at most
+    assert result.trials_run < ours.size + 8
