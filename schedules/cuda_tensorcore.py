@@ -262,6 +262,11 @@ def operand_type(workload) -> Optional[str]:
     return workload.dtype if workload.dtype in PTX_TYPE else None
 
 
+def _element_bytes(workload) -> int:
+    """Bytes of one staged operand element: TF32 operands are stored as float32, the half types as such."""
+    return 4 if STORAGE[operand_type(workload)] == "float32" else 2
+
+
 def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
     regions = sch.get(block).writes if kind == "write" else sch.get(block).reads
     return len(regions[0].region)
@@ -292,7 +297,7 @@ class CudaTensorCore(ScheduleRule):
         gemm, _ = gemm_of(s_tir.Schedule(func), spec)
         if gemm.m < FRAGMENT:
             return None
-        ranked = ranked_configs(gemm, target, 4 if STORAGE[operands] == "float32" else 2)
+        ranked = ranked_configs(gemm, target, _element_bytes(workload))
         following = dict(zip(ranked, ranked[1:]))
         made = {}
 
@@ -314,14 +319,13 @@ class CudaTensorCore(ScheduleRule):
         chosen, _ = made
         spec = workload.spec
         gemm, _ = gemm_of(s_tir.Schedule(func), spec)
-        ranked = ranked_configs(gemm, target, 4 if STORAGE[operand_type(workload)] == "float32" else 2)
+        ranked = ranked_configs(gemm, target, _element_bytes(workload))
         found: List[s_tir.Schedule] = []
         for config in ranked:
             if len(found) == SEARCH_TILES - 1:
                 break
-            if replace(config, input_vector=chosen.input_vector) == chosen or \
-                    replace(config, input_vector=1) == replace(chosen, input_vector=1):
-                continue
+            if replace(config, input_vector=1) == replace(chosen, input_vector=1):
+                continue                 # the rule's own tile (its input vector set by schedule_contiguous)
             try:
                 _, sch = self.schedule_contiguous(func, workload,
                                                   replace(config, input_vector=input_vector(workload, config)))
