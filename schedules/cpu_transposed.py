@@ -24,7 +24,7 @@ from targets.cpu import cpu_info
 
 from .base import (ScheduleRule, accumulator_lanes, has_block, schedule_pad, tunable_split, vectorize_if_wide,
                    vectorize_pieces)
-from .cpu_direct import choose_config, vector_registers
+from .cpu_direct import accumulate_in_registers, choose_config, partial_tile_pieces, vector_registers
 from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, pixel_tile_limit, register_tile,
                         split_blocked_tiles)
 
@@ -32,8 +32,9 @@ from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces
 class CpuTransposed(ScheduleRule):
     name = "cpu-transposed-phase"
     #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults);
-    #: 3: the channel-vector form's chunk and pixel tiles too
-    version = 3
+    #: 3: the channel-vector form's chunk and pixel tiles too;
+    #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``)
+    version = 4
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
@@ -112,7 +113,8 @@ class CpuTransposed(ScheduleRule):
         n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
         extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
         registers = vector_registers(workload, target)
-        cfg = choose_config(extent(co), extent(qw), lanes, registers)
+        columns = extent(qw)
+        cfg = choose_config(extent(co), columns, lanes, registers)
         # Step 1. Register tile of output channels x phase columns, phases outermost; both tiles
         # are the design space's decisions (a search tries register-file-sized others).
         co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
@@ -121,13 +123,10 @@ class CpuTransposed(ScheduleRule):
         # lower wrong input indices for some shapes (seen with 1x1 kernels, stride 2).
         sch.reorder(ph, pw, n, co_o, qh, qw_o, rc, rh, rw, co_i, qw_i)
         sch.parallel(sch.fuse(n, co_o, qh))
-        # Step 2. Accumulate in registers; write the tile back once.
-        cw = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(cw, qw_o, preserve_unit_loops=True)    # the same loops whatever the tiles
-        vectorize_if_wide(sch, qw_i)
-        sch.unroll(co_i)
-        sch.decompose_reduction(conv, rc)
-        vectorize_if_wide(sch, sch.get_loops(cw)[-1])
+        # Step 2. Accumulate in registers; write the tile back once (a last, partial tile of
+        # columns on its own: ``partial_tile_pieces``).
+        for piece in partial_tile_pieces(sch, conv, qw_o, columns, cfg.ow_tile):
+            accumulate_in_registers(sch, piece)
         # Step 3. Interleave the phases into NCHW with the bias, in parallel.
         sch.compute_inline(sch.get_sblock("interleave"))
         # Rows are vectorised a register at a time: each vector gathers from the phases.

@@ -316,3 +316,27 @@ def test_avx2_takes_one_register_channel_vectors(mcpu, block, rule):
                                    compiler.Conv2d(8, 56, 3, stride=2, bias=False)], ids=repr)
 def test_channel_vectors_of_any_register_width_match_torch(layer):
     assert_matches_torch(layer, torch.randn(2, layer.in_channels, 17, 12))
+
+
+# A last, partial column tile (schedules/cpu_direct.partial_tile_pieces): widths without a divisor
+# near a vector (prime widths, a reflect-padded gradient's 262 columns).
+
+@pytest.mark.parametrize("layer,shape,rule", [
+    (compiler.Conv2d(8, 3, 3), (1, 8, 9, 39), "cpu-direct"),                            # 37 columns
+    (compiler.Conv2d(6, 5, 3, padding=2, dilation=2, bias=False), (2, 6, 5, 53), "cpu-direct"),
+    (compiler.Conv2d(4, 12, 5, stride=2, padding=1, padding_mode="reflect"), (1, 4, 7, 83), "cpu-direct"),   # 41
+    (compiler.ConvTranspose2d(8, 3, 3), (1, 8, 6, 35), "cpu-transposed-phase"),          # 37 columns
+    (compiler.ConvTranspose2d(6, 5, 3, stride=2, padding=1, output_padding=1), (2, 6, 4, 37),
+     "cpu-transposed-phase"),                                                           # 37 per phase
+    (compiler.ConvTranspose2d(4, 3, 3, dtype=torch.float64), (1, 4, 3, 39), "cpu-transposed-phase"),
+], ids=repr)
+def test_partial_column_tile_is_a_piece_of_its_own(layer, shape, rule):
+    assert_matches_torch(layer, torch.randn(*shape).to(layer.weight.dtype))
+    assert layer.schedule == rule
+    # the first piece's accumulation (every tile but the last) carries no predicate
+    request = KernelRequest(layer._spec(), shape, str(layer.weight.dtype).replace("torch.", ""),
+                            layer._spec().output_padding if layer._spec().transposed else None)
+    script = build.schedule(request, host_target(), prepacked=True).mod.script()
+    updates = script.split('T.sblock("conv_')[1:]
+    pieces = [u for u in updates if u.startswith("ow_") or u.startswith("qw_")]
+    assert len(pieces) >= 2 and "T.where" not in pieces[0].split("T.writes")[0], script
