@@ -22,7 +22,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, schedule_pad, tunable_split, vectorize_if_wide,
+from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, schedule_pad, tunable_split, vectorize_if_wide,
                    vectorize_pieces)
 from .cpu_direct import accumulate_in_registers, choose_config, partial_tile_pieces, vector_registers
 from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, pixel_tile_limit, register_tile,
@@ -33,7 +33,8 @@ class CpuTransposed(ScheduleRule):
     name = "cpu-transposed-phase"
     #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults);
     #: 3: the channel-vector form's chunk and pixel tiles too;
-    #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``)
+    #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``),
+    #: and its column tile of whole architectural registers as cpu-direct's (AVX2: 8 columns)
     version = 4
 
     def apply(self, func, workload, target):
@@ -113,8 +114,12 @@ class CpuTransposed(ScheduleRule):
         n, co, ph, pw, qh, qw, rc, rh, rw = sch.get_loops(conv)
         extent = lambda loop: int(sch.get(loop).extent)  # noqa: E731
         registers = vector_registers(workload, target)
+        # Whole architectural registers of columns, as cpu-direct's (measured on znver3, 2 threads,
+        # 16- -> 8-column tiles: ConvTranspose2d(256, 256, 3, padding=1, groups=32) on 28x28 0.94 ->
+        # 0.60 ms, (64, 64, 3, padding=1, groups=64) on 56x56 0.46 -> 0.22, (96, 12, 3, stride=2,
+        # padding=1) on 28x28 1.44 -> 0.84; the depthwise stride-2 (144, 144, 3) on 28x28 0.54 -> 0.65)
         columns = extent(qw)
-        cfg = choose_config(extent(co), columns, lanes, registers)
+        cfg = choose_config(extent(co), columns, lanes, registers, native_lanes(workload, target))
         # Step 1. Register tile of output channels x phase columns, phases outermost; both tiles
         # are the design space's decisions (a search tries register-file-sized others).
         co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
