@@ -210,12 +210,17 @@ class _ConvBase(nn.Module):
                 list(self.dilation), self.groups, self.padding_mode) + where
 
     def _convolve(self, input, residual=None, epilogue: str = "", output_size=None):
-        """The layer through the operator (``operator=True``: autograd, tracing) or, for complex
-        layers outside it, the operator's kernel called directly; complex layers are three real calls."""
+        """The layer through the operator (traced: compile, export, fx, jit.trace, fake tensors), the
+        operator's formula as an autograd Function (an eager call autograd differentiates), or the
+        operator's kernel called directly (complex layers outside autograd); complex layers are three
+        real calls."""
         traced = ops.traced(input, self.weight, self.bias, residual)
-        operator = getattr(torch.ops, ops.NAMESPACE) if traced or ops.needs_operator(
-            input, self.weight, self.bias, residual) else None
-        call = getattr(operator, self._op_name) if operator is not None else ops.direct(self._op_name)
+        if traced:
+            call = getattr(getattr(torch.ops, ops.NAMESPACE), self._op_name)
+        elif ops.needs_operator(input, self.weight, self.bias, residual):
+            call = ops.eager_autograd(self._op_name)        # the operator's formula, without the dispatcher
+        else:
+            call = ops.direct(self._op_name)
         if self._parameters["weight"].is_complex():
             if not isinstance(input, torch.fx.Proxy):
                 self._check_input(input)

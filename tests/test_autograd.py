@@ -246,3 +246,23 @@ def test_bad_inputs_raise_torch_errors_before_any_kernel():
     with pytest.raises(ValueError, match="requested an output size"):
         t(torch.randn(1, 3, 4, 4, requires_grad=True), output_size=[20, 20])
     assert m.kernel is None and t.kernel is None
+
+
+@pytest.mark.parametrize("cls", [compiler.Conv2d, compiler.ConvTranspose2d])
+def test_eager_autograd_skips_the_dispatcher(cls, monkeypatch):
+    """An eager training call records the operator's formula as a plain autograd Function (no
+    ``tvm_conv`` operator dispatched, forward or backward); its gradients are torch's."""
+    from compiler import ops
+    m = cls(3, 4, 3, stride=2, padding=1).double()
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    dispatched = []
+    real = torch.ops.tvm_conv
+    monkeypatch.setattr(torch.ops, "tvm_conv", type("Spy", (), {
+        "__getattr__": lambda self, name: dispatched.append(name) or getattr(real, name)})())
+    y = m(x)
+    assert type(y.grad_fn).__name__ == f"tvm_conv_{m._op_name}Backward"
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert dispatched == [] and x.grad is not None and m.weight.grad is not None and m.bias.grad is not None
+    monkeypatch.undo()
+    assert_grads_match(m, x)
