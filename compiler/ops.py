@@ -9,9 +9,10 @@ than ``torch.library.custom_op``: the latter's Python autograd wrapper cost ~13 
 (measured: 34 against 22 us of dispatch for an empty body, single-threaded, under no_grad).  The
 modules still call the kernels directly when nothing needs the operator (:func:`needs_operator`):
 a plain inference call through the operator cost ~20 us more than the direct call.  An eager call
-that autograd differentiates (nothing traced) runs the same formula as a plain autograd Function
-(:func:`eager_autograd`): through the dispatcher it cost ~180 us more a call, and each gradient
-operator ~100 us more than its kernel.
+that autograd differentiates (nothing traced) applies the operator's autograd Function itself
+(:func:`eager_autograd`), and the operators' Autograd kernel is written here (:func:`_function`)
+rather than registered with ``torch.library.register_autograd``, whose wrapper cost ~180 us more
+per training call and ~100 us more per gradient operator.
 
 Layer arguments travel as schema types: ``padding`` is the int pair or ``padding_string``
 (``'same'``/``'valid'``); ``epilogue`` the steps joined by ``+`` (``''``: none); ``target`` a target
@@ -416,16 +417,17 @@ def _setup(transposed: bool):
 
 
 def _backward(ctx, grad_output):
+    """The layer's gradients (the formula of both paths: ``_LayerFunction``)."""
     if ctx.epilogue not in ("", ADD):
         raise RuntimeError(f"{NAMESPACE}: no backward through the fused epilogue {ctx.epilogue!r} (the modules "
                            "run their epilogue in torch's ops when autograd is on)")
     input, weight = ctx.saved_tensors
     target, database = ctx.layer[-2:]
     grads: List[Optional[torch.Tensor]] = [None] * ctx.arguments
-    # An eager backward that records nothing calls the gradient kernels directly; otherwise (a
-    # graph being built: create_graph, compile, export) through the operators, which refuse a
+    # A backward that records nothing, on real tensors, calls the gradient kernels directly;
+    # otherwise (a graph being built: create_graph, compile, export) the operators, which refuse a
     # double backward clearly.
-    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled() and not traced(grad_output)
+    eager = not torch.is_grad_enabled() and not traced(grad_output) and not functorch_active()
     ops = _DIRECT if eager else getattr(torch.ops, NAMESPACE)
     if ctx.needs_input_grad[0]:
         grads[0] = ops.conv_input_grad(grad_output, input, weight, *ctx.layer)
@@ -438,13 +440,6 @@ def _backward(ctx, grad_output):
     return tuple(grads)
 
 
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"{NAMESPACE}::{name}: double backward (differentiating a gradient of our "
-                           "convolutions, e.g. create_graph=True then backward again) is not supported")
-    return backward
-
-
 class _Direct:
     """The operators' real kernels by name, as ``torch.ops.tvm_conv`` offers them (no dispatcher)."""
 
@@ -453,51 +448,88 @@ class _Direct:
 
 
 _DIRECT = _Direct()
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+#: what is left below autograd for plain CPU and CUDA tensors outside any mode: their backend alone
+_BACKEND_ONLY = {torch._C.DispatchKeySet(key).raw_repr() for key in (torch._C.DispatchKey.CPU,
+                                                                      torch._C.DispatchKey.CUDA)}
 
 
-def _eager_function(name: str, transposed: bool):
-    """The operator's autograd formula as a ``torch.autograd.Function`` around its real kernel, for
-    eager calls on real tensors (``eager_autograd``).
+def _below_autograd(name: str, keyset, args):
+    """The operator's work below autograd: its real kernel, called directly where nothing but the
+    tensors' backend remains to dispatch to (``keyset`` None: a module's eager call), else
+    redispatched (fake tensors, functionalization, dispatch modes: compile, export)."""
+    if keyset is None or (keyset & _AFTER_AUTOGRAD).raw_repr() in _BACKEND_ONLY:
+        return _KERNELS[name](*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        op = getattr(getattr(torch.ops, NAMESPACE), name).default
+        return op.redispatch(keyset & _AFTER_AUTOGRAD, *args)
 
-    Measured (single-threaded, Conv2d(8, 8, 3, padding=1) on 1x8x4x4, kernels of 25-40 us): a call
-    through the operator under autograd took 268 us against 88 under no_grad, and a gradient
-    operator 118-137 us against 26-36 us for its kernel called directly: the dispatcher's Python
-    autograd wrapper (``torch._library.autograd``: its ``fill_defaults`` re-reads the 13-argument
-    schema once per argument, 75 us a call), the redispatch and the argument conversions.  The same
-    ``setup_context`` and ``_backward`` serve both paths, so the gradients are the same.  The
-    Function sets its context up in ``forward``: one with a ``setup_context`` of its own binds its
-    arguments through ``inspect.signature`` at every call (~100 us here), and is only needed under
-    functorch's transforms, where the operator serves (as it did before this path existed)."""
-    setup, kernel = _setup(transposed), _KERNELS[name]
 
-    def forward(ctx, *inputs):
-        output = kernel(*inputs)
-        setup(ctx, inputs, output)
-        ctx.eager = True
+def _function(name: str, transposed: Optional[bool]):
+    """The autograd Function of operator ``name``: a layer's (``transposed`` set: ``_backward``) or a
+    gradient's (None: double backward refused).  Its arguments are the operator's, then the
+    dispatch keyset (None from the modules' eager calls).
+
+    Written here rather than through ``torch.library.register_autograd`` (which builds the same
+    Function) for the per-call cost.  Measured single-threaded, Conv2d(8, 8, 3, padding=1) on
+    1x8x4x4 (kernels of 25-40 us): through the registered formula a training call took 268 us
+    against 88 under no_grad, each gradient operator 118-137 us against 26-36 us for its kernel
+    alone: torch's wrapper re-reads the 13-argument schema once per argument (``fill_defaults``, 75
+    us) and redispatches even where only the backend is left.  The context is set up in
+    ``forward``: a Function with a ``setup_context`` of its own binds its arguments through
+    ``inspect.signature`` at every call (~100 us here); it would only serve functorch's transforms,
+    which neither this nor the registered Function supported."""
+    setup = _setup(transposed) if transposed is not None else None
+
+    def forward(ctx, *args):
+        *inputs, keyset = args
+        output = _below_autograd(name, keyset, inputs)
+        if setup is not None:
+            setup(ctx, inputs, output)
         return output
 
+    def backward(ctx, *grads):
+        if setup is None:
+            raise RuntimeError(f"{NAMESPACE}::{name}: double backward (differentiating a gradient of our "
+                               "convolutions, e.g. create_graph=True then backward again) is not supported")
+        return (*_backward(ctx, *grads), None)
+
     return type(f"{NAMESPACE}_{name}", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(_backward)})
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-_EAGER = {name: _eager_function(name, name == "conv_transpose2d") for name in ("conv2d", "conv_transpose2d")}
+_FUNCTIONS = {name: _function(name, {"conv2d": False, "conv_transpose2d": True}.get(name)) for name in _SCHEMAS}
+
+
+def _autograd_kernel(name: str):
+    """The operator's kernel for torch's Autograd dispatch key."""
+    function, any_requires_grad = _FUNCTIONS[name], torch._C._any_requires_grad
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and any_requires_grad(*args):
+            return function.apply(*args, keyset)
+        return _below_autograd(name, keyset, args)
+    return kernel
+
+
+for _name in _SCHEMAS:
+    _LIBRARY.impl(_name, _autograd_kernel(_name), "Autograd", with_keyset=True)
 
 
 def eager_autograd(name: str):
     """``tvm_conv::<name>`` for an eager call that autograd differentiates (not traced: see
-    :func:`traced`): the same kernels, checks and gradients as the operator, without the dispatcher
-    (under functorch's transforms, torch.func.grad, vmap..., the operator itself)."""
+    :func:`traced`): the operator's Function and kernels, without the dispatcher (under functorch's
+    transforms, torch.func.grad, vmap..., the operator itself)."""
     if functorch_active():
         return getattr(getattr(torch.ops, NAMESPACE), name)
-    return _EAGER[name].apply
+    return _EAGER[name]
 
 
-torch.library.register_autograd(f"{NAMESPACE}::conv2d", _backward, setup_context=_setup(False), lib=_LIBRARY)
-torch.library.register_autograd(f"{NAMESPACE}::conv_transpose2d", _backward, setup_context=_setup(True),
-                                lib=_LIBRARY)
-for _name in ("conv_input_grad", "conv_weight_grad", "conv_bias_grad"):
-    torch.library.register_autograd(f"{NAMESPACE}::{_name}", _no_double_backward(_name),
-                                    setup_context=lambda ctx, inputs, output: None, lib=_LIBRARY)
+def _eager_apply(function):
+    return lambda *args: function.apply(*args, None)
+
+
+_EAGER = {name: _eager_apply(_FUNCTIONS[name]) for name in ("conv2d", "conv_transpose2d")}
 
 
 # ------------------------------------------------------------------------------ complex

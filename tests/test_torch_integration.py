@@ -97,3 +97,30 @@ def test_fake_tensors_give_shapes_without_kernels():
     assert tuple(y.shape) == (5, 2, 16, 16) and m.kernel is None
     with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(RuntimeError, match="expected input"):
         compiler.Conv2d(3, 4, 3)(torch.empty(1, 5, 8, 8))
+
+
+def test_operator_runs_its_kernel_without_redispatch_on_plain_tensors(monkeypatch):
+    """The operators' Autograd kernel (compiler/ops.py ``_below_autograd``) calls the real kernel
+    itself where only the tensors' backend is left below autograd (a compiled graph's calls), and
+    redispatches otherwise (fake tensors: the fake kernel, no TVM call)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from compiler import ops
+    redispatched = []
+    real = torch._ops.OpOverload.redispatch
+    monkeypatch.setattr(torch._ops.OpOverload, "redispatch",
+                        lambda self, *a, **k: redispatched.append(str(self)) or real(self, *a, **k))
+    m = compiler.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 6, 5)
+    args = (None, [1, 1], [1, 1], None, [1, 1], 1, "zeros", "", None, None)
+    with torch.no_grad():
+        assert torch.equal(torch.ops.tvm_conv.conv2d(x, m.weight, m.bias, *args), m(x))
+    y = torch.ops.tvm_conv.conv2d(x.requires_grad_(), m.weight, m.bias, *args)
+    y.sum().backward()
+    assert redispatched == [] and x.grad is not None and m.weight.grad is not None
+    launched = []
+    monkeypatch.setattr(ops, "launch", lambda *a: launched.append(a))
+    mode = FakeTensorMode()
+    fx, fw = mode.from_tensor(x.detach()), mode.from_tensor(m.weight.detach())
+    with mode:
+        assert torch.ops.tvm_conv.conv2d(fx, fw, None, *args).shape == (1, 4, 6, 5)
+    assert redispatched == ["tvm_conv.conv2d.default"] and launched == []
