@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from .base import ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide
-from .cpu_direct import column_tile
+from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide,
+                   vectorize_pieces)
+from .cpu_direct import accumulate_in_registers, column_tile, partial_tile_pieces
 
 #: Taps above which the kernel-row loop stays rolled (the unrolled body would be rows x taps FMAs).
 MAX_UNROLLED_TAPS = 49
@@ -43,11 +44,16 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
       contiguous, was 1.3-1.5x slower: its stride-2 reads became gathers in the copy instead.
     """
     if stride == 1:
-        if 2 * out_width >= 3 * lanes and out_width < 2 * lanes and out_width % lanes:
-            # A row of two registers, the second at least half full, x 2 rows: on znver3 (8 lanes,
-            # single-threaded) 14-wide planes ran 1.05-1.5x faster than 7 rows of 7-column vectors
-            # (7x7 on 384x14x14: 0.28 -> 0.19 ms, 5x5 on 672x14x14: 0.33 -> 0.27).  More rows spill.
-            return DepthwiseConfig(rows=_largest_divisor(out_height, 2), columns=out_width)
+        pairs = [d for d in range(2 * lanes - 1, (3 * lanes + 1) // 2 - 1, -1) if out_width % d == 0]
+        if out_width % lanes and pairs:
+            # Two registers of columns, the second at least half full, x 2 rows, where no whole
+            # registers divide the width: on znver3 (8 lanes) 14-wide planes ran 1.05-1.5x faster
+            # than 7 rows of 7-column vectors (single-threaded, 7x7 on 384x14x14: 0.28 -> 0.19 ms,
+            # 5x5 on 672x14x14: 0.33 -> 0.27), 28-wide ones as two 14-column tiles 1.2-1.5x (2
+            # threads, 7x7 on 192x28x28: 0.53 -> 0.35 ms, 5x5 on 240x28x28 0.40 -> 0.34 (4 rows:
+            # 0.26), 3x3 on 144x28x28 0.17 -> 0.14).  More rows spill; on 56-wide planes 7 rows of
+            # one register stayed 1.1-1.4x faster.
+            return DepthwiseConfig(rows=_largest_divisor(out_height, 2), columns=pairs[0])
         return DepthwiseConfig(rows=_largest_divisor(out_height, 8), columns=column_tile(out_width, lanes))
     return DepthwiseConfig(rows=_largest_divisor(out_height, 4),
                            columns=_largest_divisor(out_width, max(1, lanes // 2)))
@@ -56,8 +62,10 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
 class CpuDepthwise(ScheduleRule):
     name = "cpu-depthwise"
     #: 2: planes 1.5-2 registers wide take whole rows x 2 rows; 3: rows and columns per register
-    #: tile are sampling decisions (the hand's the defaults)
-    version = 3
+    #: tile are sampling decisions (the hand's the defaults); 4: two registers of columns wherever no
+    #: whole registers divide the width (28-wide planes: 2 rows x 14 columns), a last, partial
+    #: column tile a piece of its own (``partial_tile_pieces``)
+    version = 4
 
     def apply(self, func, workload, target):
         spec = workload.spec
@@ -87,15 +95,29 @@ class CpuDepthwise(ScheduleRule):
             pad = sch.get_sblock("pad")
             sch.compute_at(pad, plane)
             vectorize_if_wide(sch, sch.get_loops(pad)[-1])
-        # Step 2. Accumulate the tile in registers; the epilogue writes it when it is complete.
+        # Step 2. Accumulate the tile in registers; the epilogue writes it when it is complete (a
+        # last, partial column tile: a piece of its own, and the epilogue a pass of its own).
+        if out_width % cfg.columns:
+            for piece in partial_tile_pieces(sch, conv, ow_o, out_width, cfg.columns):
+                rh, rw = sch.get_loops(piece)[-4:-2]
+                self._unroll_taps(sch, rh, rw, (kh, kw))
+                accumulate_in_registers(sch, piece)
+            on, oc, oh, ow = sch.get_loops(out)
+            sch.parallel(sch.fuse(on, oc, oh))
+            vectorize_pieces(sch, ow, lanes)
+            return sch
         sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")
         vectorize_if_wide(sch, ow_i)
         # Step 3. Unroll rows and taps so that shared input vectors are loaded once (LLVM's GVN).
         sch.unroll(oh_i)
-        sch.unroll(rw)
-        if kh * kw <= MAX_UNROLLED_TAPS:
-            sch.unroll(rh)
+        self._unroll_taps(sch, rh, rw, (kh, kw))
         sch.decompose_reduction(conv, rc)
         vectorize_if_wide(sch, sch.get_loops(out)[-1])
         return sch
+
+    @staticmethod
+    def _unroll_taps(sch, rh, rw, kernel) -> None:
+        sch.unroll(rw)
+        if kernel[0] * kernel[1] <= MAX_UNROLLED_TAPS:
+            sch.unroll(rh)

@@ -139,13 +139,14 @@ def partial_tile_pieces(sch: s_tir.Schedule, block, tile_loop, extent: int, tile
 
 
 def accumulate_in_registers(sch: s_tir.Schedule, block) -> None:
-    """The register tile of ``block``, whose loops end ``tile, reduction (3 loops), channels,
-    columns``: sums in a local cache written back per tile, columns vectorised, channels unrolled."""
+    """The register tile of ``block``, whose loops end ``tile, reduction (3 loops), rows, columns``
+    (rows: of output channels, or of output rows): sums in a local cache written back per tile,
+    columns vectorised, rows unrolled."""
     loops = sch.get_loops(block)
-    tile, reduction, channels, columns = loops[-6], loops[-5], loops[-2], loops[-1]
+    tile, reduction, rows, columns = loops[-6], loops[-5], loops[-2], loops[-1]
     written = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(written, tile, preserve_unit_loops=True)    # the same loops whatever the tiles
     vectorize_if_wide(sch, columns)
-    sch.unroll(channels)
+    sch.unroll(rows)
     sch.decompose_reduction(block, reduction)
     vectorize_if_wide(sch, sch.get_loops(written)[-1])

@@ -103,7 +103,7 @@ def test_register_budget():
 
 
 @pytest.mark.parametrize("height,width,stride,expected", [
-    (112, 112, 1, (8, 16)), (56, 56, 1, (8, 14)), (14, 14, 1, (7, 14)), (13, 17, 1, (1, 16)),
+    (112, 112, 1, (8, 16)), (56, 56, 1, (2, 28)), (14, 14, 1, (7, 14)), (13, 17, 1, (1, 16)),
     (28, 28, 2, (4, 7)), (56, 56, 2, (4, 8)), (7, 7, 2, (1, 7)), (9, 3, 3, (3, 3)),
 ])
 def test_depthwise_tile_divides_the_output(height, width, stride, expected):
@@ -113,7 +113,8 @@ def test_depthwise_tile_divides_the_output(height, width, stride, expected):
 
 @pytest.mark.parametrize("height,width,expected", [
     (14, 14, (2, 14)), (7, 14, (1, 14)), (12, 12, (2, 12)),      # a row of 1.5-2 registers, 2 rows
-    (28, 28, (7, 7)), (7, 7, (7, 7)), (11, 11, (1, 8)), (56, 56, (8, 8)),
+    (28, 28, (2, 14)), (42, 42, (2, 14)), (26, 26, (2, 13)),     # 1.5-2 registers dividing the row
+    (7, 7, (7, 7)), (11, 11, (1, 8)), (56, 56, (8, 8)), (20, 20, (5, 5)),
 ])
 def test_depthwise_rows_of_two_registers(height, width, expected):
     cfg = depthwise_config(height, width, 1, 8)                       # AVX2: 8 float32 lanes
