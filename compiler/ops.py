@@ -290,7 +290,7 @@ def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     """The kernel's NCHW output ``y`` in the memory format torch gives the output of a convolution
     of batched ``x`` with ``weight`` (``spec.output_channels_last``): channels_last inputs and
     weights give channels_last outputs."""
-    if _plainly_nchw(x) and _plainly_nchw(weight) or not output_channels_last(
+    if plainly_nchw(x) and plainly_nchw(weight) or not output_channels_last(
             x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda, x.dtype == torch.float64):
         return y
     if y.is_contiguous(memory_format=torch.channels_last):    # one channel or one pixel: the same bytes,
@@ -299,7 +299,7 @@ def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     return y.contiguous(memory_format=torch.channels_last)
 
 
-def _plainly_nchw(t: torch.Tensor) -> bool:
+def plainly_nchw(t: torch.Tensor) -> bool:
     """Contiguous with more than one channel and one pixel: then some spatial stride is below the
     channels' and it never reads as channels_last (the per-call fast path; a contiguous tensor of
     one channel or pixel may carry channels_last strides on its size-1 dimensions)."""

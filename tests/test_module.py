@@ -6,6 +6,7 @@ import torch
 
 import compiler
 from compiler import build
+from reference import torch_twin
 
 CLASSES = ["Conv2d", "ConvTranspose2d"]
 
@@ -219,3 +220,63 @@ def test_reset_parameters_draws_what_torch_draws(name, args, kwargs, channels_la
     if theirs.bias is not None:
         assert torch.equal(ours.bias, theirs.bias)        # U(0, 0) is zeros for fan_in 0, never garbage
     assert torch.equal(after_ours, after_theirs)
+
+
+# A repeated plain inference call (compiler/modules.py ``_repeat``): the same kernel on new values,
+# without the checks and memo keys, exactly while nothing it relies on changed.
+
+def _twin_output(m, x):
+    twin = torch_twin(m)
+    for name in ("stride", "padding", "dilation", "groups"):
+        setattr(twin, name, getattr(m, name))
+    with torch.no_grad():
+        return twin(x)
+
+
+@pytest.mark.parametrize("cls", [compiler.Conv2d, compiler.ConvTranspose2d])
+def test_repeated_inference_calls_skip_the_dispatch(cls, monkeypatch):
+    m = cls(6, 8, 3, padding=1)
+    calls = []
+    real = type(m)._dispatch
+    monkeypatch.setattr(type(m), "_dispatch", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    with torch.no_grad():
+        for i in range(3):
+            x = torch.randn(2, 6, 9, 7)
+            torch.testing.assert_close(m(x), _twin_output(m, x), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: setattr(m, "padding", (2, 0)), lambda m: setattr(m, "stride", (2, 1)),
+    lambda m: setattr(m, "dilation", (1, 2)), lambda m: setattr(m, "stride", [1, 1]),
+    lambda m: (m.weight.data.copy_(torch.randn_like(m.weight)), m.drop_packed_weights()),
+    lambda m: torch.nn.init.normal_(m.weight), lambda m: setattr(m, "bias", None),
+    lambda m: m.double(),
+], ids=["padding", "stride", "dilation", "stride-list", "data-write", "in-place", "no-bias", "double"])
+def test_repeated_calls_follow_every_change(change):
+    m = compiler.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(1, 8, 10, 12)
+    with torch.no_grad():
+        m(x)
+        change(m)
+        x = x.to(m.weight.dtype)
+        m(x)
+        if isinstance(m.stride, list):
+            m.stride[0] = 2                 # mutated in place: a list attribute is never repeated
+        for _ in range(2):
+            torch.testing.assert_close(m(x), _twin_output(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_calls_follow_the_input():
+    m = compiler.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 10, 12)
+    with torch.no_grad():
+        m(x)
+        for other in (torch.randn(1, 8, 7, 5), x.contiguous(memory_format=torch.channels_last), x[:, :, :, ::2],
+                      x[0]):
+            y = m(other)
+            expected = _twin_output(m, other)
+            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+            assert y.stride() == expected.stride()
+    y = m(x.requires_grad_())                # grad mode with an input that requires grad: autograd
+    assert y.grad_fn is not None
