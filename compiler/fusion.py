@@ -78,13 +78,17 @@ class FusedConv2d(_Fused, Conv2d):
     """``Conv2d`` (BatchNorm folded in) followed by its epilogue, in one kernel."""
 
     def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self._fused_run(input, residual)
+        y = self._repeat(input, residual)
+        return y if y is not None else self._fused_run(input, residual)
 
 
 class FusedConvTranspose2d(_Fused, ConvTranspose2d):
     """``ConvTranspose2d`` (BatchNorm folded in) followed by its epilogue, in one kernel."""
 
     def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self._repeat(input, residual)
+        if y is not None:
+            return y
         if self.padding_mode != "zeros":
             raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
         return self._fused_run(input, residual, tuple(self.output_padding))

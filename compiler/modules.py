@@ -201,8 +201,9 @@ class _ConvBase(nn.Module):
             if self.kernel is not kernel:
                 self.kernel = kernel
         out = ops.in_torchs_format(y, x, self.weight)
-        if kernel is not None and batched and residual is None and spec is None and self._repeatable(x, out is y):
-            self.__dict__["_repeat_record"] = (self._repeat_key(x), kernel, out_shape, tuple(args[1:]))
+        if kernel is not None and batched and spec is None and self._repeatable(x, out is y, residual):
+            parameters = tuple(args[1:len(args) - (residual is not None)])
+            self.__dict__["_repeat_record"] = (self._repeat_key(x, residual), kernel, out_shape, parameters)
         return out if batched else out.squeeze(0)
 
     # ------------------------------------------------------------ a repeated inference call
@@ -210,14 +211,15 @@ class _ConvBase(nn.Module):
     _CALL_ATTRIBUTES = ("stride", "padding", "dilation", "groups", "padding_mode", "output_padding", "target",
                         "tuning_database", "epilogue")
 
-    def _repeatable(self, x: torch.Tensor, nchw_output: bool) -> bool:
-        """Whether a call on ``x`` may be repeated by ``_repeat``: the kernel reads ``x`` as it is,
-        the output keeps the kernel's NCHW layout (``nchw_output``: ``ops.in_torchs_format`` left
-        it), and no attribute is a list (mutable in place, unseen by ``__setattr__``)."""
-        return nchw_output and x.is_contiguous() and not any(
+    def _repeatable(self, x: torch.Tensor, nchw_output: bool, residual: Optional[torch.Tensor]) -> bool:
+        """Whether a call on ``x`` (and a fused epilogue's ``residual``) may be repeated by
+        ``_repeat``: the kernel reads them as they are, the output keeps the kernel's NCHW layout
+        (``nchw_output``: ``ops.in_torchs_format`` left it), and no attribute is a list (mutable in
+        place, unseen by ``__setattr__``)."""
+        return nchw_output and x.is_contiguous() and (residual is None or residual.is_contiguous()) and not any(
             isinstance(self.__dict__.get(name), list) for name in self._CALL_ATTRIBUTES)
 
-    def _repeat_key(self, x: torch.Tensor):
+    def _repeat_key(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         """What a repeated call must find unchanged to skip the checks and the dispatch memo: the
         input's shape, strides, dtype and device, the parameters' identity, storage, version (and
         the weight's strides: the output's memory format follows them), the
@@ -227,9 +229,10 @@ class _ConvBase(nn.Module):
         w, b = params["weight"], params["bias"]
         return (x.shape, x.stride(), x.dtype, x.device, id(w), w.data_ptr(), w._version, w.stride(),
                 None if b is None else (id(b), b.data_ptr(), b._version), generation(),
-                ops.tf32_allowed(x.dtype, x.device))
+                ops.tf32_allowed(x.dtype, x.device),
+                None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device))
 
-    def _repeat(self, x) -> Optional[torch.Tensor]:
+    def _repeat(self, x, residual=None) -> Optional[torch.Tensor]:
         """The output of a plain inference call identical in all but the input's values to the last
         recorded one (the same kernel on new data), or None to take the full path.  Measured on an
         SE layer, Conv2d(480, 20, 1) on 1x480x1x1 (a 3-7 us kernel, 2 threads): 58-85 us a call
@@ -237,15 +240,21 @@ class _ConvBase(nn.Module):
         hit = self.__dict__.get("_repeat_record")
         if hit is None or type(x) is not _TENSOR or _compiling() or _tracing() or _dispatch_mode() is not None:
             return None
+        if residual is not None and type(residual) is not _TENSOR:
+            return None
         if torch.is_grad_enabled() and (x.requires_grad or self._parameters["weight"].requires_grad
                                         or self._parameters["bias"] is not None
-                                        and self._parameters["bias"].requires_grad):
+                                        and self._parameters["bias"].requires_grad
+                                        or residual is not None and residual.requires_grad):
             return None
-        key, kernel, out_shape, args = hit
-        if self._repeat_key(x) != key:
+        key, kernel, out_shape, parameters = hit
+        if self._repeat_key(x, residual) != key:
             return None
         y = x.new_empty(out_shape)
-        ops.launch(kernel, x, *args, y)
+        if residual is None:
+            ops.launch(kernel, x, *parameters, y)
+        else:
+            ops.launch(kernel, x, *parameters, residual, y)
         return y
 
     def __setattr__(self, name, value) -> None:

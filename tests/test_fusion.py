@@ -156,3 +156,22 @@ def test_fused_repr_names_the_epilogue():
     assert repr(ours) == "FusedConv2d(4, 8, kernel_size=(3, 3), stride=(1, 1), epilogue=add+relu)"
     assert isinstance(ours_from_torch(nn.ConvTranspose2d(4, 8, 3), fused=True), FusedConvTranspose2d)
     assert isinstance(ours, FusedConv2d)
+
+
+def test_repeated_fused_calls_take_each_new_residual():
+    """A fused module's repeated call (``_repeat``) reads the new input and residual every time,
+    and a residual of another shape, a channels_last one or none at all takes the full path."""
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    ours = ours_from_torch(conv, fused=True)
+    ours.epilogue = Epilogue(("add", "relu"))
+    with torch.no_grad():
+        for _ in range(3):
+            x, r = torch.randn(2, 4, 6, 6), torch.randn(2, 8, 6, 6)
+            torch.testing.assert_close(ours(x, r), torch.relu(conv(x) + r))
+        assert "_repeat_record" in ours.__dict__
+        r = torch.randn(1, 8, 1, 6)
+        torch.testing.assert_close(ours(x, r), torch.relu(conv(x) + r))
+        r = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours(x, r), torch.relu(conv(x) + r))
+        with pytest.raises(TypeError, match="takes residual"):
+            ours(x)
