@@ -91,9 +91,6 @@ class SearchSettings:
         return f"{self.strategy} search of {self.space} space(s){model}{population}{seed}"
 
 
-__all__ = ["SearchSettings", "STRATEGIES", "COST_MODELS", "SPACES"]
-
-
 #: Empty batches in a row after which a search has nothing left to measure.
 EMPTY_BATCHES = 2
 
@@ -131,3 +128,6 @@ class UntilExhausted(PySearchStrategy):
 
     def clone(self) -> "UntilExhausted":
         return UntilExhausted(self.inner.clone())
+
+
+__all__ = ["SearchSettings", "STRATEGIES", "COST_MODELS", "SPACES", "UntilExhausted", "EMPTY_BATCHES"]
