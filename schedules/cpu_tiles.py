@@ -327,7 +327,8 @@ def register_tile(sch: s_tir.Schedule, co_i, pixel_loops, taps=()) -> None:
 def partition_pieces(sch: s_tir.Schedule, tiles: BlockedTiles, pixels: Tuple[int, int],
                      tile_loops: Tuple[int, int], phase_loops: Tuple[int, ...] = ()) -> None:
     """Split the ``conv_update`` block's pixel-tile loops (at positions ``tile_loops``, counted from
-    the innermost) into pieces: a last, partial tile on its own (its predicate then folds away),
+    the innermost; a row position None: the rows are not cut, their tiles divide the height and no
+    dead taps are dropped) into pieces: a last, partial tile on its own (its predicate then folds away),
     and, where ``tiles`` drop dead taps, the phase loops (``phase_loops``) one phase per piece and
     every tile that straddles a padding edge on its own, so that in each piece a tap reads the image
     for all pixels or for none (dead taps then fold away once the taps are unrolled)."""
@@ -337,6 +338,7 @@ def partition_pieces(sch: s_tir.Schedule, tiles: BlockedTiles, pixels: Tuple[int
                                         if ranges is not None else ())
     levels = [(loop, lambda chosen, count=count: list(range(1, count)))
               for loop, count in phase_loops] if tiles.skips_dead_taps else []
-    levels += [(tile_loops[0], cuts(0, tiles.row_ranges, tiles.rows)),
-               (tile_loops[1], cuts(1, tiles.column_ranges, tiles.columns))]
+    if tile_loops[0] is not None:
+        levels.append((tile_loops[0], cuts(0, tiles.row_ranges, tiles.rows)))
+    levels.append((tile_loops[1], cuts(1, tiles.column_ranges, tiles.columns)))
     partition_nest(sch, sch.get_sblock("conv_update"), levels)

@@ -173,6 +173,27 @@ def test_channel_vector_rule_matches_torch(layer):
     (compiler.Conv2d(96, 32, 1, bias=False), (2, 96, 1, 1), "cpu-direct or, on AVX2, cpu-channel-vector"),
 ], ids=repr)
 def test_blocked_channel_vector_matches_torch(layer, shape, expected):
+    _check_blocked(layer, shape, expected)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (compiler.Conv2d(3, 16, 3, stride=2, padding=1), (1, 3, 30, 26)),      # MobileNetV3's stem, smaller
+    (compiler.Conv2d(3, 16, 3, padding=1, bias=False), (1, 3, 13, 23)),    # prime width: a partial tile
+    (compiler.Conv2d(5, 8, 5, padding=2, padding_mode="reflect"), (1, 5, 12, 9)),
+], ids=repr)
+def test_few_channel_vectors_share_rows_between_tasks(layer, shape):
+    """Fewer (image, channel vector) tasks than cores: each task also takes a row of pixel tiles
+    (``cpu_channel_vector.row_bands``), so every core works; the numbers stay torch's."""
+    from tvm.target import Target
+    target = Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})          # AVX2: 8-lane vectors
+    request = KernelRequest(layer._spec(), shape, "float32")
+    mod = build.schedule(request, target, prepacked=True).mod
+    assert build.schedule(request, target, prepacked=True).rule == "cpu-channel-vector"
+    assert "T.parallel(1)" not in mod.script()          # one image x one vector: one task without rows
+    assert_matches_torch(layer, torch.randn(*shape))
+
+
+def _check_blocked(layer, shape, expected):
     assert_matches_torch(layer, torch.randn(*shape))
     if expected.startswith("cpu-direct or"):
         request = KernelRequest(layer._spec(), shape, "float32")
