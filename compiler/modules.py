@@ -33,8 +33,6 @@ from .request import Epilogue
 from .spec import ConvSpec
 
 _TENSOR = torch.Tensor
-_compiling, _tracing = torch.compiler.is_compiling, torch._C._is_tracing
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode  # noqa: E402
 
 #: The real dtypes the kernels compute in (complex ones: ``ops.COMPLEX_DTYPES``).
 SUPPORTED_DTYPES = ops.REAL_DTYPES
@@ -238,14 +236,9 @@ class _ConvBase(nn.Module):
         SE layer, Conv2d(480, 20, 1) on 1x480x1x1 (a 3-7 us kernel, 2 threads): 58-85 us a call
         through the full path's checks, memo keys and attribute reads."""
         hit = self.__dict__.get("_repeat_record")
-        if hit is None or type(x) is not _TENSOR or _compiling() or _tracing() or _dispatch_mode() is not None:
+        if hit is None or type(x) is not _TENSOR or residual is not None and type(residual) is not _TENSOR:
             return None
-        if residual is not None and type(residual) is not _TENSOR:
-            return None
-        if torch.is_grad_enabled() and (x.requires_grad or self._parameters["weight"].requires_grad
-                                        or self._parameters["bias"] is not None
-                                        and self._parameters["bias"].requires_grad
-                                        or residual is not None and residual.requires_grad):
+        if ops.needs_operator(x, self._parameters["weight"], self._parameters["bias"], residual):
             return None
         key, kernel, out_shape, parameters = hit
         if self._repeat_key(x, residual) != key:

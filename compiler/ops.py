@@ -417,7 +417,7 @@ def _setup(transposed: bool):
 
 
 def _backward(ctx, grad_output):
-    """The layer's gradients (the formula of both paths: ``_LayerFunction``)."""
+    """The layer's gradients: the backward of both layer operators' Functions (``_function``)."""
     if ctx.epilogue not in ("", ADD):
         raise RuntimeError(f"{NAMESPACE}: no backward through the fused epilogue {ctx.epilogue!r} (the modules "
                            "run their epilogue in torch's ops when autograd is on)")

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide,
-                   vectorize_pieces)
-from .cpu_direct import accumulate_in_registers, column_tile, partial_tile_pieces
+from .base import ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide
+from .cpu_direct import accumulate_in_registers, column_tile, epilogue_pass, partial_tile_pieces
 
 #: Taps above which the kernel-row loop stays rolled (the unrolled body would be rows x taps FMAs).
 MAX_UNROLLED_TAPS = 49
@@ -102,9 +101,7 @@ class CpuDepthwise(ScheduleRule):
                 rh, rw = sch.get_loops(piece)[-4:-2]
                 self._unroll_taps(sch, rh, rw, (kh, kw))
                 accumulate_in_registers(sch, piece)
-            on, oc, oh, ow = sch.get_loops(out)
-            sch.parallel(sch.fuse(on, oc, oh))
-            vectorize_pieces(sch, ow, lanes)
+            epilogue_pass(sch, out, lanes)
             return sch
         sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
         sch.set_scope(conv, 0, "local")

@@ -111,9 +111,7 @@ class CpuDirect(ScheduleRule):
             # registers and writing the intermediate sums; the epilogue is a pass of its own.
             for piece in partial_tile_pieces(sch, conv, ow_o, out_width, cfg.ow_tile):
                 accumulate_in_registers(sch, piece)
-            on, oc, oh, ow = sch.get_loops(out)
-            sch.parallel(sch.fuse(on, oc, oh))
-            vectorize_pieces(sch, ow, lanes)
+            epilogue_pass(sch, out, lanes)
             return sch
         # Step 3. The epilogue (bias, cast) writes each tile as soon as it is complete.
         sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)   # the same loops whatever the tiles
@@ -150,3 +148,11 @@ def accumulate_in_registers(sch: s_tir.Schedule, block) -> None:
     sch.unroll(rows)
     sch.decompose_reduction(block, reduction)
     vectorize_if_wide(sch, sch.get_loops(written)[-1])
+
+
+def epilogue_pass(sch: s_tir.Schedule, out, lanes: int) -> None:
+    """The ``output`` stage as a pass of its own over the sums (where partial tiles keep it out of
+    the tiles): parallel over images, channels and rows, each row vectorised a register at a time."""
+    on, oc, oh, ow = sch.get_loops(out)
+    sch.parallel(sch.fuse(on, oc, oh))
+    vectorize_pieces(sch, ow, lanes)

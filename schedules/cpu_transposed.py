@@ -22,8 +22,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, schedule_pad, tunable_split, vectorize_if_wide,
-                   vectorize_pieces)
+from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, schedule_pad, tunable_split,
+                   vectorize_if_wide, vectorize_pieces)
 from .cpu_direct import accumulate_in_registers, choose_config, partial_tile_pieces, vector_registers
 from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, pixel_tile_limit, register_tile,
                         split_blocked_tiles)
