@@ -6,7 +6,7 @@ import torch
 
 import compiler
 from compiler import build
-from reference import torch_twin
+from reference import assert_matches_torch, assert_output_matches, torch_twin
 
 CLASSES = ["Conv2d", "ConvTranspose2d"]
 
@@ -225,14 +225,6 @@ def test_reset_parameters_draws_what_torch_draws(name, args, kwargs, channels_la
 # A repeated plain inference call (compiler/modules.py ``_repeat``): the same kernel on new values,
 # without the checks and memo keys, exactly while nothing it relies on changed.
 
-def _twin_output(m, x):
-    twin = torch_twin(m)
-    for name in ("stride", "padding", "dilation", "groups"):
-        setattr(twin, name, getattr(m, name))
-    with torch.no_grad():
-        return twin(x)
-
-
 @pytest.mark.parametrize("cls", [compiler.Conv2d, compiler.ConvTranspose2d])
 def test_repeated_inference_calls_skip_the_dispatch(cls, monkeypatch):
     m = cls(6, 8, 3, padding=1)
@@ -240,9 +232,8 @@ def test_repeated_inference_calls_skip_the_dispatch(cls, monkeypatch):
     real = type(m)._dispatch
     monkeypatch.setattr(type(m), "_dispatch", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     with torch.no_grad():
-        for i in range(3):
-            x = torch.randn(2, 6, 9, 7)
-            torch.testing.assert_close(m(x), _twin_output(m, x), rtol=1e-5, atol=1e-5)
+        for _ in range(3):
+            assert_matches_torch(m, torch.randn(2, 6, 9, 7))
     assert len(calls) == 1
 
 
@@ -264,7 +255,7 @@ def test_repeated_calls_follow_every_change(change):
         if isinstance(m.stride, list):
             m.stride[0] = 2                 # mutated in place: a list attribute is never repeated
         for _ in range(2):
-            torch.testing.assert_close(m(x), _twin_output(m, x), rtol=1e-5, atol=1e-5)
+            assert_matches_torch(m, x)
 
 
 def test_repeated_calls_follow_the_input():
@@ -274,9 +265,7 @@ def test_repeated_calls_follow_the_input():
         m(x)
         for other in (torch.randn(1, 8, 7, 5), x.contiguous(memory_format=torch.channels_last), x[:, :, :, ::2],
                       x[0]):
-            y = m(other)
-            expected = _twin_output(m, other)
-            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-            assert y.stride() == expected.stride()
+            y = assert_output_matches(m, other, m(other))
+            assert y.stride() == torch_twin(m)(other).stride()
     y = m(x.requires_grad_())                # grad mode with an input that requires grad: autograd
     assert y.grad_fn is not None

@@ -187,9 +187,9 @@ def test_few_channel_vectors_share_rows_between_tasks(layer, shape):
     from tvm.target import Target
     target = Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})          # AVX2: 8-lane vectors
     request = KernelRequest(layer._spec(), shape, "float32")
-    mod = build.schedule(request, target, prepacked=True).mod
-    assert build.schedule(request, target, prepacked=True).rule == "cpu-channel-vector"
-    assert "T.parallel(1)" not in mod.script()          # one image x one vector: one task without rows
+    scheduled = build.schedule(request, target, prepacked=True)
+    assert scheduled.rule == "cpu-channel-vector"
+    assert "T.parallel(1)" not in scheduled.mod.script()   # one image x one vector: one task without rows
     assert_matches_torch(layer, torch.randn(*shape))
 
 
