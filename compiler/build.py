@@ -53,7 +53,8 @@ def workload_of(request: KernelRequest) -> Workload:
     """What the schedule rules see of a request."""
     return Workload(spec=request.spec, input_shape=request.input_shape, output_shape=request.output_shape,
                     dtype=request.dtype, accumulate_dtype=compute.ACCUMULATE_DTYPE[request.dtype],
-                    epilogue=request.epilogue.steps, operator=request.operator, tf32=request.tf32)
+                    epilogue=request.epilogue.steps, operator=request.operator, tf32=request.tf32,
+                    layout=request.layout)
 
 
 def prim_func(request: KernelRequest, weight_block=None):

@@ -1,5 +1,7 @@
 """Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family,
-and of their gradient kernels (weight, padded input folded back, bias).
+and of their gradient kernels (weight, padded input folded back, bias).  A forward conv2d request may
+instead be ``NHWC`` (``request.LAYOUTS``): the same compute, its tensors indexed through
+:class:`_Physical` views, the reduction ordered ``rh, rw, rc``.
 
 Nothing here knows about targets or schedules (a TF32 request's operands are rounded by
 ``targets.cuda.round_to_tf32``, the one definition of that number format).  Every function takes a :class:`KernelRequest` and
@@ -18,7 +20,7 @@ from tvm import te, tirx
 
 from targets.cuda import round_to_tf32
 
-from .request import ADD, FORWARD, PAD_GRAD, WEIGHT_GRAD, Epilogue, KernelRequest
+from .request import ADD, FORWARD, NCHW, PAD_GRAD, WEIGHT_GRAD, Epilogue, KernelRequest
 from .spec import ConvSpec
 
 #: Half-precision types accumulate in float32 (as cuDNN / oneDNN do); the rest in their own type.
@@ -50,25 +52,58 @@ def _pad_index(i, before: int, size: int, mode: str):
     return j
 
 
-def _zero_pad(x: te.Tensor, top: int, bottom: int, left: int, right: int) -> te.Tensor:
-    """``x`` with zero rows/columns around its spatial axes (stage ``pad``)."""
-    n, c, h, w = (int(d) for d in x.shape)
-    return te.compute((n, c, h + top + bottom, w + left + right), lambda b, ch, i, j: tirx.if_then_else(
+class _Physical:
+    """A tensor of ``layout`` indexed in NCHW order ``[n, c, h, w]`` (so one compute serves both
+    layouts); ``shape`` is the logical NCHW one."""
+
+    def __init__(self, tensor: te.Tensor, layout: str = NCHW):
+        self.tensor, self.layout = tensor, layout
+        dims = tuple(int(d) for d in tensor.shape)
+        self.shape = dims if layout == NCHW else (dims[0], dims[3], dims[1], dims[2])
+        self.dtype = tensor.dtype
+
+    def __getitem__(self, index):
+        return self.tensor[physical(index, self.layout)]
+
+
+def physical(nchw, layout: str) -> tuple:
+    """An NCHW index or shape in ``layout``'s order."""
+    n, c, h, w = nchw
+    return (n, c, h, w) if layout == NCHW else (n, h, w, c)
+
+
+def _compute(shape, fcompute, name: str, layout: str) -> _Physical:
+    """``te.compute`` of NCHW ``shape`` stored in ``layout``, ``fcompute`` taking NCHW indices."""
+    if layout == NCHW:
+        return _Physical(te.compute(shape, fcompute, name=name))
+    return _Physical(te.compute(physical(shape, layout), lambda n, h, w, c: fcompute(n, c, h, w), name=name),
+                     layout)
+
+
+def _zero_pad(x, top: int, bottom: int, left: int, right: int) -> _Physical:
+    """``x`` (a tensor, or a :class:`_Physical` view) with zero rows/columns around its spatial axes
+    (stage ``pad``, in ``x``'s layout), indexed in NCHW order."""
+    x = x if isinstance(x, _Physical) else _Physical(x)
+    n, c, h, w = x.shape
+    return _compute((n, c, h + top + bottom, w + left + right), lambda b, ch, i, j: tirx.if_then_else(
         tirx.all(i >= top, i < h + top, j >= left, j < w + left), x[b, ch, i - top, j - left],
-        tirx.const(0, x.dtype)), name="pad")
+        tirx.const(0, x.dtype)), "pad", x.layout)
 
 
-def _pad(x: te.Tensor, spec: ConvSpec) -> te.Tensor:
-    n, c, h, w = (int(d) for d in x.shape)
-    pt, pb, pl, pr = spec.pads
+def _pad(x, spec: ConvSpec):
+    """The padded input (stage ``pad``, in ``x``'s layout) indexed in NCHW order; ``x`` itself when
+    there is nothing to pad (the reduction reads the input directly)."""
     if not any(spec.pads):
-        return x                      # nothing to pad: the reduction reads the input directly
+        return x
+    x = x if isinstance(x, _Physical) else _Physical(x)
+    n, c, h, w = x.shape
+    pt, pb, pl, pr = spec.pads
     if spec.padding_mode == "zeros":
         return _zero_pad(x, pt, pb, pl, pr)
     shape = (n, c, h + pt + pb, w + pl + pr)
-    return te.compute(shape, lambda b, ch, i, j: x[
+    return _compute(shape, lambda b, ch, i, j: x[
         b, ch, _pad_index(i, pt, h, spec.padding_mode), _pad_index(j, pl, w, spec.padding_mode)],
-        name="pad")
+        "pad", x.layout)
 
 
 def activation(name: str, x, dtype: str):
@@ -97,9 +132,10 @@ def activation(name: str, x, dtype: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _epilogue(conv: te.Tensor, bias, residual, dtype: str, epilogue: Epilogue) -> te.Tensor:
+def _epilogue(conv, bias, residual, dtype: str, epilogue: Epilogue, layout: str = NCHW) -> te.Tensor:
     """Bias add, then the epilogue's steps (a residual add, activations) in the accumulation type,
-    then one rounding to the layer's dtype (stage ``output``)."""
+    then one rounding to the layer's dtype (stage ``output``, in ``layout``); ``conv`` and
+    ``residual`` are indexed in NCHW order."""
     def value(n, k, i, j):
         v = conv[n, k, i, j]
         if bias is not None:
@@ -107,7 +143,7 @@ def _epilogue(conv: te.Tensor, bias, residual, dtype: str, epilogue: Epilogue) -
         for step in epilogue.steps:
             v = v + residual[n, k, i, j].astype(conv.dtype) if step == ADD else activation(step, v, conv.dtype)
         return v.astype(dtype)
-    return te.compute(conv.shape, value, name="output")
+    return _compute(conv.shape, value, "output", layout).tensor
 
 
 def packed_weight_shape(spec: ConvSpec, block: int):
@@ -127,35 +163,43 @@ def pack_weight(spec: ConvSpec, dtype: str, block: int) -> List[te.Tensor]:
     return [w, packed]
 
 
-def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None):
-    x = te.placeholder(tuple(input_shape), dtype, name="input")
+def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None, layout: str = NCHW):
+    """(input, weight, bias): the input a :class:`_Physical` view of ``layout``; the weight torch's
+    ``[co, ci/groups, kh, kw]``, pre-packed (``weight_block``), or for NHWC ``[co, kh, kw, ci/groups]``,
+    each a view indexed as torch's (the compute stays one)."""
+    x = _Physical(te.placeholder(physical(input_shape, layout), dtype, name="input"), layout)
     if weight_block:
         packed = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
-        w = _TorchLayout(packed, weight_block)
+        w = _WeightView(packed, lambda co, ci, r, c: (co // weight_block, ci, r, c, co % weight_block))
+    elif layout != NCHW:
+        co, cpg, kh, kw = spec.weight_shape
+        w = _WeightView(te.placeholder((co, kh, kw, cpg), dtype, name="weight"), lambda co, ci, r, c: (co, r, c, ci))
     else:
         w = te.placeholder(spec.weight_shape, dtype, name="weight")
     b = te.placeholder((spec.out_channels,), dtype, name="bias") if spec.bias else None
     return x, w, b
 
 
-class _TorchLayout:
-    """A packed weight placeholder indexed as torch's ``[co, ci, kh, kw]`` (the compute stays one)."""
+class _WeightView:
+    """A weight placeholder in another layout, indexed as torch's ``[co, ci, kh, kw]`` through
+    ``index`` (torch's index -> the placeholder's)."""
 
-    def __init__(self, packed: te.Tensor, block: int):
-        self.tensor, self.block = packed, block
+    def __init__(self, tensor: te.Tensor, index):
+        self.tensor, self.index = tensor, index
 
     def __getitem__(self, index):
-        co, ci, r, c = index
-        return self.tensor[co // self.block, ci, r, c, co % self.block]
+        return self.tensor[self.index(*index)]
 
 
-def _finish(request: KernelRequest, x, w, b, conv: te.Tensor) -> List[te.Tensor]:
-    """The epilogue on ``conv`` (NCHW): kernel arguments ``[input, weight, (bias,) (residual,) output]``."""
+def _finish(request: KernelRequest, x, w, b, conv) -> List[te.Tensor]:
+    """The epilogue on ``conv`` (indexed in NCHW order): kernel arguments ``[input, weight, (bias,)
+    (residual,) output]``, activations in the request's layout."""
     residual = None
     if request.epilogue.residual:
-        residual = te.placeholder(request.output_shape, request.dtype, name="residual")
-    out = _epilogue(conv, b, residual, request.dtype, request.epilogue)
-    return [t for t in (x, getattr(w, "tensor", w), b, residual, out) if t is not None]
+        residual = _Physical(te.placeholder(physical(request.output_shape, request.layout), request.dtype,
+                                            name="residual"), request.layout)
+    out = _epilogue(conv, b, residual, request.dtype, request.epilogue, request.layout)
+    return [getattr(t, "tensor", t) for t in (x, w, b, residual, out) if t is not None]
 
 
 def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
@@ -163,10 +207,12 @@ def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
 
     ``output[n, co, oh, ow] = bias[co] + sum_{rc, rh, rw} pad[n, g*cpg + rc, oh*sh + rh*dh, ow*sw + rw*dw]
     * weight[co, rc, rh, rw]`` with ``g = co // (out_channels / groups)``, ``cpg = in_channels / groups``.
-    With ``weight_block`` the weight argument is pre-packed (:func:`pack_weight`).
+    With ``weight_block`` the weight argument is pre-packed (:func:`pack_weight`).  An NHWC request
+    stores ``pad``, ``conv`` and ``output`` NHWC and reduces over ``rh, rw, rc`` (a GEMM's K in the
+    order of the input's bytes).
     """
-    spec, input_shape, dtype = request.spec, request.input_shape, request.dtype
-    x, w, b = _placeholders(spec, input_shape, dtype, weight_block)
+    spec, input_shape, dtype, layout = request.spec, request.input_shape, request.dtype, request.layout
+    x, w, b = _placeholders(spec, input_shape, dtype, weight_block, layout)
     acc = ACCUMULATE_DTYPE[dtype]
     _, _, oh_size, ow_size = request.output_shape
     (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel_size
@@ -175,12 +221,12 @@ def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     rc = te.reduce_axis((0, cpg), name="rc")
     rh = te.reduce_axis((0, kh), name="rh")
     rw = te.reduce_axis((0, kw), name="rw")
-    conv = te.compute(
+    conv = _compute(
         (input_shape[0], spec.out_channels, oh_size, ow_size),
         lambda n, co, oh, ow: te.sum(
             _operand(p[n, co // opg * cpg + rc, oh * sh + rh * dh, ow * sw + rw * dw], acc, request.tf32)
-            * _operand(w[co, rc, rh, rw], acc, request.tf32), axis=[rc, rh, rw]),
-        name="conv")
+            * _operand(w[co, rc, rh, rw], acc, request.tf32), axis=[rc, rh, rw] if layout == NCHW else [rh, rw, rc]),
+        "conv", layout)
     return _finish(request, x, w, b, conv)
 
 

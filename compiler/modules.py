@@ -169,13 +169,13 @@ class _ConvBase(nn.Module):
         """
         key = (self._layer_key(), output_padding, tuple(x.shape), x.dtype, x.device,
                None if self.target is None else str(self.target), self.tuning_database, generation(),
-               self.epilogue, ops.tf32_allowed(x.dtype, x.device))
+               self.epilogue, ops.kernel_layout(x, self.weight), ops.tf32_allowed(x.dtype, x.device))
         memo = self.__dict__.setdefault("_dispatch_memo", {})
         hit = memo.get(key)
         if hit is None:
             hit = ops.plan(spec or self._spec(), tuple(x.shape), x.dtype, x.device, output_padding, self.epilogue,
                            self.target or _device_target(x.device), self.tuning_database, self.weight.shape,
-                           None if self.bias is None else self.bias.shape, key[-1])
+                           None if self.bias is None else self.bias.shape, key[-1], key[-2])
             if len(memo) >= _DISPATCH_MEMO_SIZE:
                 memo.clear()
             memo[key] = hit
@@ -188,14 +188,15 @@ class _ConvBase(nn.Module):
         batched = input.dim() == 4
         x = input if batched else input.unsqueeze(0)
         out_shape, kernel = self._dispatch(x, output_padding, spec)
-        y = x.new_empty(out_shape)
+        y = ops.new_output(x, out_shape, kernel)
         if kernel is not None:
-            args = [x.detach().contiguous(), self._kernel_weight(kernel)]
+            layout = kernel.request.layout
+            args = [ops.in_layout(x, layout), self._kernel_weight(kernel)]
             if self.bias is not None:
                 args.append(self.bias.detach().contiguous())
             if residual is not None:
-                args.append((residual if batched else residual.unsqueeze(0)).detach().contiguous())
-            ops.launch(kernel, *args, y)
+                args.append(ops.in_layout(residual if batched else residual.unsqueeze(0), layout))
+            ops.launch(kernel, *args, ops.in_layout(y, layout))
             if self.kernel is not kernel:
                 self.kernel = kernel
         out = ops.in_torchs_format(y, x, self.weight)

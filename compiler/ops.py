@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -32,7 +33,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from targets.cuda import has_tf32
 
 from .build import Kernel, generation, get_kernel
-from .request import ADD, Epilogue, KernelRequest
+from schedules import NoRule
+
+from .request import ADD, NCHW, NHWC, Epilogue, KernelRequest
 from .spec import ConvSpec, output_channels_last
 
 NAMESPACE = "tvm_conv"
@@ -179,15 +182,23 @@ _PACKED: Dict[int, tuple] = {}
 
 def packed_weight(kernel: Kernel, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as ``kernel`` takes it, packed once per weight tensor and version (the operator's
-    path: a compiled or exported model passes the same parameter tensor at every call)."""
-    if kernel.pack is None:
+    path: a compiled or exported model passes the same parameter tensor at every call): torch's
+    layout, the rule's blocks (``kernel.pack``), or for an NHWC kernel ``[co, kh, kw, ci/groups]``
+    (a channels_last weight's own bytes, read in place)."""
+    ohwi = kernel.request.layout == NHWC
+    if kernel.pack is None and not ohwi:
         return weight.detach().contiguous()
-    key = (weight._version, weight.data_ptr(), kernel.packed_weight_shape, weight.dtype)
+    if ohwi and weight.is_contiguous(memory_format=torch.channels_last):
+        return weight.detach().permute(0, 2, 3, 1)
+    key = (weight._version, weight.data_ptr(), kernel.packed_weight_shape if not ohwi else NHWC, weight.dtype)
     hit = _PACKED.get(id(weight))
     if hit is None or hit[0]() is not weight or hit[1] != key:
         w = weight.detach()
-        packed = w.new_empty(kernel.packed_weight_shape)
-        launch(kernel.pack, w.contiguous(), packed)
+        if ohwi:
+            packed = w.permute(0, 2, 3, 1).contiguous()
+        else:
+            packed = w.new_empty(kernel.packed_weight_shape)
+            launch(kernel.pack, w.contiguous(), packed)
         if hit is None or hit[0]() is not weight:
             weakref.finalize(weight, _PACKED.pop, id(weight), None)
         hit = _PACKED[id(weight)] = (weakref.ref(weight), key, packed)
@@ -213,19 +224,49 @@ _PLANS_SIZE = 1024
 
 
 def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, output_padding, epilogue: Epilogue,
-         target, database, weight_shape, bias_shape, tf32: bool = False
+         target, database, weight_shape, bias_shape, tf32: bool = False, layout: str = NCHW
          ) -> Tuple[tuple, Optional[Kernel], KernelRequest]:
     """(output shape, kernel or None when there is nothing to compute, request) for a batched call:
     the bias check, torch's shape rules and the kernel lookup (raising torch's errors); ``tf32``
-    (:func:`tf32_allowed`) makes the request a TF32 one on a target with TF32 tensor cores."""
+    (:func:`tf32_allowed`) makes the request a TF32 one on a target with TF32 tensor cores;
+    ``layout`` (:func:`kernel_layout`) is asked for first, NCHW where no rule takes it."""
     check_bias(spec, weight_shape, bias_shape)
     request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue,
-                            tf32=tf32 and has_tf32(target))
+                            tf32=tf32 and has_tf32(target), layout=layout if not spec.transposed else NCHW)
     out_shape = request.output_shape                          # raises torch's errors
     kernel = None                  # nothing to compute: no kernel for empty outputs or meta tensors
     if x_shape[0] != 0 and 0 not in out_shape and device.type != "meta":
-        kernel = get_kernel(request, target, prepacked=True, database=database)
+        try:
+            kernel = get_kernel(request, target, prepacked=True, database=database)
+        except NoRule:
+            if request.layout == NCHW:
+                raise
+            request = replace(request, layout=NCHW)
+            kernel = get_kernel(request, target, prepacked=True, database=database)
     return out_shape, kernel, request
+
+
+def kernel_layout(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """The layout to ask a kernel for on batched ``x``: NHWC where torch's output is channels_last
+    on a GPU (the tensor-core rule then reads the channels_last input and weight in place and writes
+    the channels_last output itself), else NCHW (a channels_last CPU input is copied in and out)."""
+    if not x.is_cuda or plainly_nchw(x) and plainly_nchw(weight) or x.dtype == torch.float64:
+        return NCHW
+    return NHWC if output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), True) else NCHW
+
+
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """Batched activation ``t`` as a kernel of ``layout`` reads or writes it: contiguous NCHW, or the
+    NHWC view of its channels_last bytes (copied only where ``t`` is not channels_last)."""
+    t = t.detach()
+    return t.contiguous() if layout == NCHW else t.permute(0, 2, 3, 1).contiguous()
+
+
+def new_output(x: torch.Tensor, out_shape, kernel: Optional[Kernel]) -> torch.Tensor:
+    """The output tensor of a call on ``x``: NCHW, or channels_last for an NHWC kernel."""
+    if kernel is not None and kernel.request.layout == NHWC:
+        return torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return x.new_empty(out_shape)
 
 
 def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilation, groups, padding_mode,
@@ -234,7 +275,7 @@ def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilati
     key = (transposed, tuple(weight.shape), None if bias is None else tuple(bias.shape), tuple(stride),
            tuple(padding), padding_string, tuple(dilation), groups, padding_mode, tuple(output_padding),
            tuple(x.shape), x.dtype, x.device, epilogue, target, database, generation(),
-           tf32_allowed(x.dtype, x.device))
+           kernel_layout(x, weight), tf32_allowed(x.dtype, x.device))
     hit = _PLANS.get(key)
     if hit is None:
         spec = layer_spec(transposed, weight.shape, bias is not None, stride,
@@ -243,7 +284,7 @@ def _memo_plan(transposed, weight, bias, stride, padding, padding_string, dilati
         where = resolve_target(target, x.device)
         hit = plan(spec, tuple(x.shape), x.dtype, x.device, tuple(output_padding) if transposed else None,
                    steps, where, decode_database(database), weight.shape, None if bias is None else bias.shape,
-                   key[-1])
+                   key[-1], key[-2])
         if len(_PLANS) >= _PLANS_SIZE:
             _PLANS.clear()
         _PLANS[key] = hit
@@ -274,14 +315,15 @@ def _forward(op_name, transposed, input, weight, bias, residual, stride, padding
         y = _forward(op_name, transposed, input, weight, bias, None, stride, padding, padding_string, dilation,
                      groups, padding_mode, output_padding, "", target, database, compute)
         return apply_epilogue(y, steps, residual)
-    y = x.new_empty(out_shape)
+    y = new_output(x, out_shape, kernel)
     if compute and kernel is not None:
-        args = [x.detach().contiguous(), packed_weight(kernel, weight)]
+        layout = kernel.request.layout
+        args = [in_layout(x, layout), packed_weight(kernel, weight)]
         if bias is not None:
             args.append(bias.detach().contiguous())
         if residual is not None:
-            args.append(_batched(residual, batched).detach().contiguous())
-        launch(kernel, *args, y)
+            args.append(in_layout(_batched(residual, batched), layout))
+        launch(kernel, *args, in_layout(y, layout))
     y = in_torchs_format(y, x, weight)
     return y if batched else y.squeeze(0)
 

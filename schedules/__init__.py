@@ -1,5 +1,5 @@
 """How kernels are scheduled: hand-written rules, tried in one ordered list (specialised first)."""
-from .base import ScheduleRule, Workload, apply_first
+from .base import NoRule, ScheduleRule, Workload, apply_first
 from .cpu_channel_vector import CpuChannelVector
 from .cpu_depthwise import CpuDepthwise
 from .cpu_direct import CpuDirect
@@ -31,5 +31,5 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
-__all__ = ["ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
+__all__ = ["NoRule", "ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
            "schedule_bias_grad"]

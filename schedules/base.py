@@ -26,6 +26,9 @@ class Workload:
     operator: str = "forward"
     #: a float32 request computed with TF32 operands (the compute rounds them): tensor cores may serve
     tf32: bool = False
+    #: the activations' memory layout (``compiler.request.LAYOUTS``): "NCHW", or "NHWC" (channels_last
+    #: bytes, the weight ``[co, kh, kw, ci/groups]``; ``input_shape``/``output_shape`` stay NCHW)
+    layout: str = "NCHW"
 
 
 def _accumulator_bits(workload: Workload) -> int:
@@ -80,6 +83,8 @@ class ScheduleRule:
     #: the request operators whose compute this rule knows (``Workload.operator``); ``apply_first``
     #: never offers it another's
     operators: Tuple[str, ...] = ("forward",)
+    #: the activation layouts (``Workload.layout``) whose compute this rule knows
+    layouts: Tuple[str, ...] = ("NCHW",)
 
     def weight_block(self, workload: Workload, target: Target) -> Optional[int]:
         """Output channels per block if this rule wants the weight pre-packed into
@@ -113,6 +118,10 @@ def mark_rule(sch: s_tir.Schedule, rule: ScheduleRule) -> s_tir.Schedule:
     return sch
 
 
+class NoRule(ValueError):
+    """No rule of a chain accepts the workload (a caller may then ask for another form of it, e.g. NCHW)."""
+
+
 def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int]], tirx.PrimFunc],
                 workload: Workload, target: Target, prepacked: bool = False
                 ) -> Tuple[ScheduleRule, s_tir.Schedule, Optional[int]]:
@@ -122,13 +131,13 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     ones; rules are offered pre-packed weights only when ``prepacked``.
     """
     for rule in rules:
-        if workload.operator not in rule.operators:
+        if workload.operator not in rule.operators or workload.layout not in rule.layouts:
             continue
         block = rule.weight_block(workload, target) if prepacked else None
         sch = rule.apply(make_func(block), workload, target)
         if sch is not None:
             return rule, rule.postprocess(mark_rule(sch, rule)), block
-    raise ValueError(f"no schedule rule accepts {workload}")
+    raise NoRule(f"no schedule rule accepts {workload}")
 
 
 def schedule_weight_pack(func: tirx.PrimFunc) -> s_tir.Schedule:

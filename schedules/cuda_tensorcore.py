@@ -53,7 +53,7 @@ from targets.cuda import arch_number, multiprocessors
 
 from .base import ScheduleRule, has_block
 from .gpu_verify import first_verified, passes_gpu_verification
-from .tensor_intrinsics import FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
+from .tensor_intrinsics import A_KM, A_MK, FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
 
 #: mma.sync fragments are 16x16 (TVM's intrinsics issue two m16n8k16 per 16x16x16 step)
 FRAGMENT = 16
@@ -119,6 +119,7 @@ class Config:
     element_bytes: int = 2   # of the staged operands: 2 (float16, bfloat16) or 4 (float32 for TF32)
     stages: int = 1    # chunks of A and B in shared memory at once (software pipeline depth)
     input_vector: int = 1   # input elements per global load (``input_vector``; 1: a pixel each)
+    a_staged: str = A_KM    # A in shared memory as [k, m] (NCHW inputs) or [m, k] (A_MK: NHWC inputs)
 
     @property
     def block_m(self) -> int:
@@ -134,15 +135,18 @@ class Config:
 
     @property
     def skews(self) -> Tuple[int, int]:
-        return SKEWS[self.element_bytes]
+        """(A's, B's): an A staged ``[m, k]`` is read by the fragment loads as B ``[n, k]`` is."""
+        skew_a, skew_b = SKEWS[self.element_bytes]
+        return (skew_b if self.a_staged == A_MK else skew_a), skew_b
 
     @property
     def staged_bytes(self) -> int:
-        """The A ``[chunk_k, block_m]`` and B ``[block_n, chunk_k]`` chunks, rows padded by
-        ``storage_align``."""
+        """The A ``[chunk_k, block_m]`` (or ``[block_m, chunk_k]``) and B ``[block_n, chunk_k]``
+        chunks, rows padded by ``storage_align``."""
         skew_a, skew_b = self.skews
-        return self.element_bytes * (self.chunk_k * _aligned(self.block_m, skew_a)
-                                     + self.block_n * _aligned(self.chunk_k, skew_b))
+        a_rows = self.block_m * _aligned(self.chunk_k, skew_a) if self.a_staged == A_MK \
+            else self.chunk_k * _aligned(self.block_m, skew_a)
+        return self.element_bytes * (a_rows + self.block_n * _aligned(self.chunk_k, skew_b))
 
     @property
     def accumulator_bytes(self) -> int:
@@ -191,7 +195,7 @@ def _chunk(k: int) -> int:
     return FRAGMENT if tiles < 8 else 2 * FRAGMENT
 
 
-def ranked_configs(gemm: Gemm, target, element_bytes: int = 2) -> List[Config]:
+def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_KM) -> List[Config]:
     """The tiles the rule may use, best first.  Up to 2x2 warps (128 threads), each with up to 4x4
     fragments (64 pixels x 64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a
     thread may hold at this block size (target's ``registers_per_block``, at most 255 per thread),
@@ -207,7 +211,7 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2) -> List[Config]:
     registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
     limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
-    fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes, PIPELINE_STAGES)
+    fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes, PIPELINE_STAGES, a_staged=a_staged)
                for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)})
                for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
                if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
@@ -222,25 +226,40 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2) -> List[Config]:
     return sorted((c for c in fitting if c.shared_bytes() <= limit), key=rank, reverse=True)
 
 
-def choose_config(gemm: Gemm, target, element_bytes: int = 2) -> Optional[Config]:
+def choose_config(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_KM) -> Optional[Config]:
     """The first of :func:`ranked_configs` (None if nothing fits)."""
-    ranked = ranked_configs(gemm, target, element_bytes)
+    ranked = ranked_configs(gemm, target, element_bytes, a_staged)
     return ranked[0] if ranked else None
 
 
-def gemm_of(sch: s_tir.Schedule, spec) -> Tuple[Gemm, IndexMap]:
+def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW") -> Tuple[Gemm, IndexMap]:
     """The GEMM view of the ``conv`` block: its shape and the map from the block's iterators
-    ``(n, co, [ph, pw,] h, w, rc, rh, rw)`` to ``(g, [ph, pw,] m, n, k)``."""
+    (NCHW: ``(n, co, [ph, pw,] h, w, rc, rh, rw)``; NHWC: ``(n, h, w, co, rh, rw, rc)``) to
+    ``(g, [ph, pw,] m, n, k)``, with K ordered as the input's bytes: ``(c, kh, kw)`` for NCHW,
+    ``(kh, kw, c)`` for NHWC (a run of K is a run of one pixel's channels)."""
     extents = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars]
-    batch, channels, *phases, height, width, rc, rh, rw = extents
+    if layout == "NHWC":
+        batch, height, width, channels, rh, rw, rc = extents
+        phases = []
+    else:
+        batch, channels, *phases, height, width, rc, rh, rw = extents
     per_group = channels // spec.groups
 
     def to_gemm(n, co, *rest):
         *phase, h, w, c, r, s = rest
         return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, (c * rh + r) * rw + s)
 
+    def nhwc_to_gemm(n, h, w, co, r, s, c):
+        return (co // per_group, (n * height + h) * width + w, co % per_group, (r * rw + s) * rc + c)
+
     gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
-    return gemm, IndexMap.from_func(to_gemm, ndim=len(extents), index_dtype="int32")
+    return gemm, IndexMap.from_func(nhwc_to_gemm if layout == "NHWC" else to_gemm, ndim=len(extents),
+                                    index_dtype="int32")
+
+
+def a_staging(workload) -> str:
+    """How the rule stages A for ``workload``: ``[m, k]`` for NHWC inputs, else ``[k, m]``."""
+    return A_MK if workload.layout == "NHWC" else A_KM
 
 
 def _swap_last(ndim: int) -> IndexMap:
@@ -275,6 +294,7 @@ def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
 class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
     version = 3        # 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no pipeline
+    layouts = ("NCHW", "NHWC")
 
     def apply(self, func, workload, target):
         made = self.tile_and_schedule(func, workload, target)
@@ -294,10 +314,10 @@ class CudaTensorCore(ScheduleRule):
             return None            # depthwise and few channels per group: mostly padding
         if spec.transposed and any(math.gcd(s, d) > 1 for s, d in zip(spec.stride, spec.dilation)):
             return None
-        gemm, _ = gemm_of(s_tir.Schedule(func), spec)
+        gemm, _ = gemm_of(s_tir.Schedule(func), spec, workload.layout)
         if gemm.m < FRAGMENT:
             return None
-        ranked = ranked_configs(gemm, target, _element_bytes(workload))
+        ranked = ranked_configs(gemm, target, _element_bytes(workload), a_staging(workload))
         following = dict(zip(ranked, ranked[1:]))
         made = {}
 
@@ -318,8 +338,8 @@ class CudaTensorCore(ScheduleRule):
             return []
         chosen, _ = made
         spec = workload.spec
-        gemm, _ = gemm_of(s_tir.Schedule(func), spec)
-        ranked = ranked_configs(gemm, target, _element_bytes(workload))
+        gemm, _ = gemm_of(s_tir.Schedule(func), spec, workload.layout)
+        ranked = ranked_configs(gemm, target, _element_bytes(workload), a_staging(workload))
         found: List[s_tir.Schedule] = []
         for config in ranked:
             if len(found) == SEARCH_TILES - 1:
@@ -354,17 +374,19 @@ class CudaTensorCore(ScheduleRule):
         sch = s_tir.Schedule(func)
         spec = workload.spec
         operands = operand_type(workload)
-        names = intrinsics(operands)
+        names = intrinsics(operands, config.a_staged)
         conv = sch.get_sblock("conv")
         # Step 1. View the convolution as batched GEMMs C[.., m, n] += A[.., k, m] * B[.., n, k]:
         # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
-        # are inlined into the shared copies below), store A as [k, m].
-        _, to_gemm = gemm_of(sch, spec)
+        # are inlined into the shared copies below), store A as [k, m] (NCHW: a row of A one channel's
+        # pixels) or leave it [m, k] (NHWC: a row one pixel's taps, channels innermost).
+        _, to_gemm = gemm_of(sch, spec, workload.layout)
         sch.transform_block_layout(conv, to_gemm)
         a_view = sch.reindex(conv, ("read", 0))
         sch.reindex(conv, ("read", 1))
         sch.reindex(conv, ("write", 0))
-        sch.transform_layout(a_view, ("write", 0), _swap_last(_ndim(sch, a_view, "write")))
+        if config.a_staged == A_KM:
+            sch.transform_layout(a_view, ("write", 0), _swap_last(_ndim(sch, a_view, "write")))
         # Step 2. Pad M, N and K to whole block tiles and chunks: the copies read zeros there and
         # the write-back skips the padding.
         sch.pad_einsum(conv, [1] * (len(sch.get_loops(conv)) - 3) + [config.block_m, config.block_n,
@@ -417,17 +439,20 @@ class CudaTensorCore(ScheduleRule):
             sch.annotate(k_chunk, "software_pipeline_stage", [0, 0, config.stages - 1])
             sch.annotate(k_chunk, "software_pipeline_order", [0, 1, 2])
             sch.annotate(k_chunk, "software_pipeline_async_stages", [0])
-        a_layout, b_layout = layouts(operands)
+        a_layout, b_layout = layouts(operands, config.a_staged)
         for block, kind, layout in ((a_frag, "write", a_layout), (b_frag, "write", b_layout),
                                     (acc, "read", fragment_layout)):
             sch.transform_layout(block, (kind, 0), _fragment_map(_ndim(sch, block, kind), layout))
         for loop in (m_inner, n_inner, *sch.get_loops(init)[-2:]):
             sch.unroll(loop)
         # Step 6. The epilogue: bias, residual, activations and cast per output, threads along M
-        # (consecutive pixels of one channel: coalesced NCHW stores).
+        # (consecutive pixels of one channel: coalesced NCHW stores) or, NHWC, along N (consecutive
+        # channels of one pixel).
         e_m, e_n = sch.get_loops(epilogue)[-2:]
-        sch.reorder(e_n, e_m)
-        _, e_warp, e_lane = sch.split(sch.fuse(e_n, e_m), [None, warps, WARP])
+        if config.a_staged == A_KM:
+            sch.reorder(e_n, e_m)
+            e_m, e_n = e_n, e_m
+        _, e_warp, e_lane = sch.split(sch.fuse(e_m, e_n), [None, warps, WARP])
         sch.bind(e_warp, "threadIdx.y")
         sch.bind(e_lane, "threadIdx.x")
         if spec.transposed:
@@ -466,16 +491,24 @@ def _weight_vector(spec, config: Config) -> int:
 
 
 def input_vector(workload, config: Config) -> int:
-    """Elements per vector load of the input.  A row of A (``[k, m]``) holds one input channel at
+    """Elements per vector load of the input.  NHWC: a row of A (``[m, k]``) holds one output
+    pixel's taps, each a run of the pixel's input channels, so ``VECTOR_BYTES`` loads wherever the
+    channels of a group and the chunk are whole vectors (a vector then never spans two taps, and the
+    padding's test is the same for its lanes).  NCHW: a row (``[k, m]``) holds one input channel at
     consecutive output pixels; for a 1x1, stride-1, unpadded layer those are consecutive elements of
     the channel's NCHW plane, so ``VECTOR_BYTES`` loads (``cp.async`` 16 bytes) when the plane
     and the block's pixels are whole vectors (a vector then never spans two images or the GEMM's
     padding); every other layer reads a tap per element (its padding or stride breaks the run)."""
     spec = workload.spec
+    lanes = VECTOR_BYTES // config.element_bytes
+    if config.a_staged == A_MK:
+        per_group = spec.in_channels // spec.groups
+        while lanes > 1 and (per_group % lanes or config.chunk_k % lanes):
+            lanes //= 2
+        return lanes
     if spec.transposed or tuple(spec.kernel_size) != (1, 1) or tuple(spec.stride) != (1, 1) or any(spec.pads):
         return 1
     plane = workload.input_shape[2] * workload.input_shape[3]
-    lanes = VECTOR_BYTES // config.element_bytes
     while lanes > 1 and (plane % lanes or config.block_m % lanes):
         lanes //= 2
     return lanes

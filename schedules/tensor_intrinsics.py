@@ -25,8 +25,11 @@ to registers: ``ptxas -v`` reports no stack frame (checked by the tests).  The i
 each lane's row into 8 registers around the PTX instruction (``ldmatrix``, ``mma.sync``); nvcc
 removes the copies.
 
-Only what the convolution uses is made: both operands "transposed" (A staged as ``[k, m]``, B as
-``[n, k]``), shared memory ``shared.dyn``, float32 accumulators.
+Only what the convolution uses is made: B staged as ``[n, k]``, A as ``[k, m]`` (NCHW inputs: a row
+is one channel at consecutive pixels; ``ldmatrix.trans``) or as ``[m, k]`` (``A_MK``, NHWC inputs: a
+row is one pixel's taps and channels; plain ``ldmatrix``, the same registers), shared memory
+``shared.dyn``, float32 accumulators.  Every description holds A's fragment as the ``[k, m]`` tile's
+(``fragment_layout(k, m)``), so one mma intrinsic serves both stagings.
 
 TF32 (a float32 request with ``tf32``: ``mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32``, four per
 16x16x16 step).  ``ldmatrix`` moves 16-bit elements: ``.trans`` would split a 32-bit element of
@@ -102,10 +105,20 @@ def tf32_positions():
     return a, b
 
 
-def layouts(operand_type: str):
+#: How A is staged in shared memory: ``[k, m]`` (NCHW inputs) or ``[m, k]`` (NHWC inputs)
+A_KM, A_MK = "km", "mk"
+
+
+def _transposed(layout):
+    return lambda i, j: layout(j, i)
+
+
+def layouts(operand_type: str, a_staged: str = A_KM):
     """(A, B) fragment layouts of ``operand_type``'s mma on the staged tiles (``PTX_TYPE``'s keys):
-    ldmatrix's for the 16-bit types, :func:`tf32_layouts` for TF32."""
-    return tf32_layouts() if operand_type == TF32 else (fragment_layout, fragment_layout)
+    ldmatrix's for the 16-bit types, :func:`tf32_layouts` for TF32; A's on a ``[m, k]`` tile
+    (``A_MK``) is its ``[k, m]`` layout with the indices swapped."""
+    a, b = tf32_layouts() if operand_type == TF32 else (fragment_layout, fragment_layout)
+    return (_transposed(a) if a_staged == A_MK else a), b
 
 
 def _load_desc(storage: str, layout, scope: str):
@@ -131,13 +144,20 @@ def _load_desc(storage: str, layout, scope: str):
     return desc
 
 
-def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
-    """(desc, impl) loading a 16x16 tile of a transposed operand (A as [k, m], B as [n, k]) from
-    shared memory into a fragment: TVM's ``get_ldmatrix_intrin(16, dtype, operand, True)``."""
-    transpose_in_ldmatrix = operand == "A"      # A is [k, m]: ldmatrix.trans; B is [n, k]: plain
+def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn", a_staged: str = A_KM):
+    """(desc, impl) loading a 16x16 tile of an operand (A as ``[k, m]`` or, ``A_MK``, ``[m, k]``; B as
+    ``[n, k]``) from shared memory into a fragment: TVM's ``get_ldmatrix_intrin(16, dtype, operand,
+    transposed)``.  Each lane gives the address of one 16-byte row of one of four 8x8 matrices,
+    which ``ldmatrix.x4`` returns as registers 0-3: A's ``(m 0-7, k 0-7), (m 8-15, k 0-7),
+    (m 0-7, k 8-15), (m 8-15, k 8-15)`` (mma.sync's a0-a3), B's ``(n 0-7, k 0-7), (n 0-7, k 8-15),
+    (n 8-15, k 0-7), (n 8-15, k 8-15)`` (b0, b1 of each 8-column half)."""
+    a_mk = operand == "A" and a_staged == A_MK
+    transpose_in_ldmatrix = operand == "A" and not a_mk      # [k, m]: ldmatrix.trans
     half = convert(WARP // 2)
 
     def smem_offset(tx, stride):
+        if a_mk:            # lane -> row tx % 16, column 8 (tx // 16)
+            return stride * (tx % half) + 8 * (tx // half)
         return stride * 8 * (tx // half) + stride * (tx % 8) + 8 * ((tx % half) // 8)
 
     @T.prim_func(s_tir=True)
@@ -162,15 +182,18 @@ def ldmatrix_intrin(dtype: str, operand: str, scope: str = "shared.dyn"):
                     for i in T.unroll(LOCAL):
                         warp[tx, i] = registers[i]
 
-    return _load_desc(dtype, fragment_layout, scope), impl
+    return _load_desc(dtype, _transposed(fragment_layout) if a_mk else fragment_layout, scope), impl
 
 
-def tf32_load_intrin(operand: str, scope: str = "shared.dyn"):
-    """(desc, impl) loading a 16x16 float32 tile of A ([k, m]) or B ([n, k]) into a TF32 fragment:
-    each lane reads its 8 elements (:func:`tf32_positions`) and converts them with
-    ``cvt.rna.tf32.f32`` (see the module docstring for why the description has no rounding)."""
+def tf32_load_intrin(operand: str, scope: str = "shared.dyn", a_staged: str = A_KM):
+    """(desc, impl) loading a 16x16 float32 tile of A ([k, m], or [m, k] with ``A_MK``) or B ([n, k])
+    into a TF32 fragment: each lane reads its 8 elements (:func:`tf32_positions`) and converts them
+    with ``cvt.rna.tf32.f32`` (see the module docstring for why the description has no rounding)."""
     layout = tf32_layouts()["AB".index(operand)]
     position = tf32_positions()["AB".index(operand)]
+    if operand == "A" and a_staged == A_MK:
+        layout, km_position = _transposed(layout), position
+        position = lambda lane, element: km_position(lane, element)[::-1]   # noqa: E731
 
     @T.prim_func(s_tir=True)
     def impl(warp_handle: T.handle, shared_handle: T.handle) -> None:
@@ -360,12 +383,16 @@ def _accumulator_intrinsics() -> Dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def intrinsics(operand_type: str) -> Dict[str, str]:
+def intrinsics(operand_type: str, a_staged: str = A_KM) -> Dict[str, str]:
     """The names of the mma.sync kernel's intrinsics for ``operand_type`` (``PTX_TYPE``'s keys:
-    ``init``, ``load_a``, ``load_b``, ``compute``, ``store``), registered on first use: parsing them
-    with TVMScript takes seconds, which ``import schedules`` should not pay where no tensor-core
-    kernel is built."""
+    ``init``, ``load_a``, ``load_b``, ``compute``, ``store``) with A staged ``a_staged``, registered on
+    first use: parsing them with TVMScript takes seconds, which ``import schedules`` should not pay
+    where no tensor-core kernel is built."""
     short = SHORT[operand_type]
+    if a_staged == A_MK:
+        load_a = ("conv_mma_load_tf32_a_mk_dyn", tf32_load_intrin("A", a_staged=A_MK)) if operand_type == TF32 \
+            else (f"conv_mma_ldmatrix_{short}_a_dyn", ldmatrix_intrin(operand_type, "A", a_staged=A_MK))
+        return {**intrinsics(operand_type), "load_a": _register(*load_a)}
     if operand_type == TF32:
         loads = {"load_a": _register("conv_mma_load_tf32_a_dyn", tf32_load_intrin("A")),
                  "load_b": _register("conv_mma_load_tf32_b_dyn", tf32_load_intrin("B")),
@@ -377,6 +404,6 @@ def intrinsics(operand_type: str) -> Dict[str, str]:
     return {**_accumulator_intrinsics(), **loads}
 
 
-__all__ = ["intrinsics", "PTX_TYPE", "STORAGE", "TF32", "FRAGMENT_SCOPE", "fragment_layout", "layouts",
+__all__ = ["A_KM", "A_MK", "intrinsics", "PTX_TYPE", "STORAGE", "TF32", "FRAGMENT_SCOPE", "fragment_layout", "layouts",
            "tf32_layouts", "tf32_positions", "ldmatrix_intrin", "tf32_load_intrin", "mma_intrin",
            "tf32_mma_intrin", "fill_intrin", "store_intrin"]

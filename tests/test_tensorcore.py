@@ -24,6 +24,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,23 +86,23 @@ def _dtype(operands: str) -> str:
     return "float32" if operands == "tf32" else operands
 
 
-def _request(spec: ConvSpec, shape, operands: str, epilogue=()) -> KernelRequest:
+def _request(spec: ConvSpec, shape, operands: str, epilogue=(), layout: str = "NCHW") -> KernelRequest:
     return KernelRequest(spec, shape, _dtype(operands), spec.output_padding if spec.transposed else None,
-                         epilogue=Epilogue(epilogue), tf32=operands == "tf32")
+                         epilogue=Epilogue(epilogue), tf32=operands == "tf32", layout=layout)
 
 
 @functools.lru_cache(maxsize=None)
-def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool = False):
+def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool = False, layout: str = "NCHW"):
     """(request, target, schedule) of the rule alone (whatever ``CUDA_RULES`` holds); ``pipelined``:
     its tile with the deepest software pipeline that fits (``pipeline_stages``) instead of none."""
     spec, shape = LAYERS[layer]
-    request, target = _request(spec, shape, dtype, epilogue), resolve(f"cuda/{arch}")
+    request, target = _request(spec, shape, dtype, epilogue, layout), resolve(f"cuda/{arch}")
     func, workload = build.prim_func(request), build.workload_of(request)
     made = CudaTensorCore().tile_and_schedule(func, workload, target)
     assert made is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
     tile, sch = made
     if pipelined:
-        k = gemm_of(s_tir.Schedule(func), spec)[0].k
+        k = gemm_of(s_tir.Schedule(func), spec, layout)[0].k
         if k <= tile.chunk_k:                     # a pipeline needs two chunks
             tile = replace(tile, chunk_k=FRAGMENT)
         tile = replace(tile, stages=pipeline_stages(tile, k, int(target.attrs["max_shared_memory_per_block"])))
@@ -133,8 +134,13 @@ def tf32(t: torch.Tensor) -> torch.Tensor:
 
 
 def _emulate(request: KernelRequest, mod, m, x) -> torch.Tensor:
-    y = x.new_empty(request.output_shape)
-    compile_serialised(mod)(x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y)
+    """The kernel's output on ``x`` (NCHW; an NHWC kernel reads and writes channels_last bytes, and
+    takes the weight as ``[co, kh, kw, ci]``, as ``compiler.ops`` passes them)."""
+    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
+    tensors = [x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y]
+    if request.layout == "NHWC":
+        tensors = [ops.in_layout(t, "NHWC") if t.dim() == 4 else t for t in tensors]
+    compile_serialised(mod)(*tensors)
     return y
 
 
@@ -149,8 +155,8 @@ def assert_tf32_numbers(m, x, y) -> None:
     assert_output_matches(rounded, tf32(x), y, operand_roundoff=0.0)
 
 
-def _emulate_and_compare(layer: str, operands: str, arch: str) -> None:
-    request, _, sch = _scheduled(layer, operands, arch)
+def _emulate_and_compare(layer: str, operands: str, arch: str, layout: str = "NCHW") -> None:
+    request, _, sch = _scheduled(layer, operands, arch, layout=layout)
     spec, shape = LAYERS[layer]
     m = _module(spec, operands)
     x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
@@ -166,6 +172,44 @@ def _emulate_and_compare(layer: str, operands: str, arch: str) -> None:
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_tensorcore_schedule_computes_torchs_numbers(layer, dtype, arch):
     _emulate_and_compare(layer, dtype, arch)
+
+
+#: The conv2d layers in NHWC (the transposed form stays NCHW): the rule's [m, k] staging of A,
+#: 16-byte channel loads where a group's channels are whole vectors (odd_channels: 17; reflect: the
+#: padding's index map defeats the vectorizer, and the rule reads a channel per copy)
+NHWC_LAYERS = tuple(name for name, (spec, _) in LAYERS.items() if not spec.transposed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", NHWC_LAYERS)
+def test_nhwc_schedule_computes_torchs_numbers(layer, dtype):
+    """channels_last input and output, ``[co, kh, kw, ci]`` weight, K ordered (kh, kw, c)."""
+    _emulate_and_compare(layer, dtype, "sm_90", "NHWC")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_schedule_computes_torchs_numbers_on_sm80(dtype):
+    _emulate_and_compare("dense3x3", dtype, "sm_80", "NHWC")
+
+
+def test_nhwc_fused_epilogue_reads_a_channels_last_residual():
+    spec, shape = LAYERS["odd_no_bias"]
+    request, _, sch = _scheduled("odd_no_bias", "float16", "sm_90", ("add", "relu"), layout="NHWC")
+    m = _module(spec, "float16")
+    x = torch.randn(*shape, dtype=torch.float16)
+    residual = torch.randn(request.output_shape, dtype=torch.float16)
+    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
+    compile_serialised(without_tensorize(sch, build.prim_func(request)).mod)(
+        ops.in_layout(x, "NHWC"), ops.in_layout(m.weight, "NHWC"), ops.in_layout(residual, "NHWC"),
+        ops.in_layout(y, "NHWC"))
+    exact = torch.relu(torch.nn.functional.conv2d(x.double(), m.weight.double(), stride=(2, 1), padding=(1, 2))
+                       + residual.double())
+    magnitude = torch.nn.functional.conv2d(x.double().abs(), m.weight.double().abs(), stride=(2, 1),
+                                           padding=(1, 2)) + residual.double().abs()
+    terms = spec.in_channels * 15 + 1
+    bound = terms * UNIT_ROUNDOFF[torch.float32] * magnitude + UNIT_ROUNDOFF[torch.float16] * exact.abs() + 1e-7
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert bool(((y.double() - exact).abs() <= bound).all())
 
 
 def test_fused_epilogue_is_applied_on_the_block_tile():
