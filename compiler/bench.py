@@ -127,8 +127,9 @@ def bench_layer(text: str, input_shape: Sequence[int], peak: float, rounds: int 
     theirs = parse_layer(text, torch.nn).to(device, kind)
     theirs.load_state_dict(hand.state_dict())
     x = torch.randn(*input_shape, device=device, dtype=kind)
-    if channels_last and x.dim() == 4:
+    if channels_last and x.dim() == 4:      # as a channels_last model runs: its weights too
         x = x.to(memory_format=torch.channels_last)
+        hand, theirs = (m.to(memory_format=torch.channels_last) for m in (hand, theirs))
     contenders = {"torch": theirs, "hand": hand}
     with torch.no_grad():
         hand(x)                                          # compiles (timed inside build)

@@ -18,7 +18,7 @@
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
 # Each step has a time limit of its own so that one slow step cannot eat the run (10 minutes at most).
 set -uo pipefail
-mode=${1:?usage: gpu_check.sh wheels|dry|check|bench NAME...|tune}
+mode=${1:?usage: gpu_check.sh wheels|dry|check|nhwc|bench NAME...|tune}
 OUT=${OUT:-/tmp/gpu_check_out}
 RES=/tmp/gpu_check_results        # logs and tables; $OUT/results.tar holds them all after every step
 mkdir -p "$OUT" "$RES"            # (a run brings back at most 8 files)
@@ -31,7 +31,12 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "f16-b32-cl:--dtype float16 --batch 32 --channels-last"
   "f32-b32:--dtype float32 --batch 32"
   "f16-b1:--dtype float16 --batch 1"
+  "bf16-b32-cl:--dtype bfloat16 --batch 32 --channels-last"
+  "f32-tf32-b32-cl:--dtype float32 --tf32 --batch 32 --channels-last"
+  "f16-b1-cl:--dtype float16 --batch 1 --channels-last"
 )
+#: the NHWC lease (``nhwc``): what channels_last kernels need measured, most wanted first, seconds each
+NHWC_BENCHES=("f16-b32-cl:80" "bf16-b32-cl:70" "f32-tf32-b32-cl:70" "f16-b1-cl:50")
 
 on_device() {   # TVM from the kit, and the wheels it carries (installed under /tmp, not into the image)
   source .gpukit/on-device.sh
@@ -83,6 +88,26 @@ case $mode in
     done
     grep -h "geometric-mean" "$RES"/bench-*.log
     ;;
+  nhwc)           # the NHWC tensor-core kernels: their tile sweep (build it with --layout NHWC), the
+                  # channels_last benchmarks, the layout probe (NCHW inputs through NHWC?), the GPU tests
+    on_device
+    python3 -c "import tvm; tvm.target.Target('cuda'); print('TVM', tvm.__version__)" || exit 1
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv > "$RES/gpu.txt"
+    [[ -f .sweep/manifest.json ]] && step sweep 80 python3 examples/tensorcore_sweep.py run .sweep "$RES/sweep.json" \
+      && sed -n '/^per layer/,$p' "$RES/sweep.log"
+    bench_one() {   # bench_one NAME SECONDS
+      for s in "${SETTINGS[@]}"; do
+        [[ ${s%%:*} == "$1" ]] && step "bench-$1" "$2" python3 -m compiler bench --device cuda --no-tuned \
+          --layers-file $LAYERS ${s#*:} --json "$RES/bench-$1.json"
+      done
+    }
+    bench_one f16-b32-cl 80
+    step probe 75 python3 examples/layout_probe.py --layers-file $LAYERS --dtype float16 --batch 32 --rounds 3
+    for b in "${NHWC_BENCHES[@]:1}"; do bench_one "${b%%:*}" "${b#*:}"; done
+    step tests 100 python3 -m pytest -q -rs -x -k "channels_last" tests/test_cuda.py
+    grep -h "geometric-mean" "$RES"/bench-*.log
+    cat "$RES/probe.log"
+    ;;
   bench)          # only the named settings, e.g. bench f16-b32 bf16-b32 (a short lease)
     on_device
     for name in "${@:2}"; do
@@ -98,5 +123,5 @@ case $mode in
     step tune 540 python3 -m compiler tune --suite --target cuda/sm_90 --dtype float16 --trials 64 \
       --work-dir "$RES/tuning_logs"
     ;;
-  *) echo "unknown mode $mode (wheels, dry, check, bench or tune)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (wheels, dry, check, nhwc, bench or tune)" >&2; exit 2 ;;
 esac

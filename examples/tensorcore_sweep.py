@@ -9,6 +9,7 @@ route of ../shared/gpu/README.md), checks every kernel against torch on the GPU 
 against cuDNN with CUDA events, both memory formats.
 
     python examples/tensorcore_sweep.py build .sweep --arch sm_90          # here (nvcc)
+    python examples/tensorcore_sweep.py build .sweep --layout NHWC          # channels_last kernels
     python examples/tensorcore_sweep.py run .sweep $OUT/sweep.json         # on the GPU machine
 
 ``--smem KB`` builds for a larger shared-memory limit than the 48 KB static one (TVM's CUDA runtime
@@ -51,7 +52,7 @@ def candidates(gemm, target, element_bytes, hand, count, rng):
     pool = []
     for wm, wn, fm, fn, chunk, stages in itertools.product((1, 2, 4), (1, 2, 4), (1, 2, 4), (1, 2, 4),
                                                            (16, 32, 64), (1, 2, 3, 4)):
-        c = Config(wm, wn, fm, fn, chunk, element_bytes, stages)
+        c = Config(wm, wn, fm, fn, chunk, element_bytes, stages, a_staged=hand.a_staged)
         threads = c.threads
         if threads > 512 or fm * fn * FRAGMENT * FRAGMENT // WARP > min(255, registers // threads) * ACCUMULATOR_SHARE:
             continue
@@ -95,10 +96,13 @@ def build(args) -> None:
     manifest = []
     for index, (text, shape, dtype) in enumerate(LAYERS):
         tf32 = dtype == "tf32"
-        request = KernelRequest(parse_layer(text)._spec(), shape, "float32" if tf32 else dtype, tf32=tf32)
+        spec = parse_layer(text)._spec()
+        if spec.transposed and args.layout != "NCHW":
+            continue                                     # NHWC is the forward conv2d's
+        request = KernelRequest(spec, shape, "float32" if tf32 else dtype, tf32=tf32, layout=args.layout)
         func = kbuild.prim_func(request)
         workload = kbuild.workload_of(request)
-        gemm, _ = gemm_of(s_tir.Schedule(func), request.spec)
+        gemm, _ = gemm_of(s_tir.Schedule(func), request.spec, args.layout)
         element_bytes = 4 if tf32 else 2
         hand, hand_sch = CudaTensorCore().tile_and_schedule(func, workload, base)
         for n, config in enumerate(candidates(gemm, target, element_bytes, hand, args.configs, rng)):
@@ -117,7 +121,7 @@ def build(args) -> None:
             except Exception as err:  # noqa: BLE001 - a configuration TVM cannot build is skipped
                 print(f"{text} {dtype} {config}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
                 continue
-            manifest.append(dict(layer=text, shape=shape, dtype=dtype, library=name, hand=n == 0,
+            manifest.append(dict(layer=text, shape=shape, dtype=dtype, library=name, hand=n == 0, layout=args.layout,
                                  config=dict(config.__dict__, block_m=config.block_m, block_n=config.block_n,
                                              shared=config.shared_bytes()),
                                  flops=request.spec.flops_for_input(shape)))
@@ -150,6 +154,10 @@ def run(args) -> None:
             layers[key] = _reference(*key, torch)
         x, w, ref, cudnn_ms, cudnn_cl_ms = layers[key]
         y = torch.empty_like(ref, dtype=x.dtype)
+        if entry.get("layout", "NCHW") == "NHWC":    # channels_last bytes, the weight [co, kh, kw, ci]
+            x, w = x.permute(0, 2, 3, 1).contiguous(), w.permute(0, 2, 3, 1).contiguous()
+            y = y.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+            ref = ref.permute(0, 2, 3, 1)
         try:
             f = tvm.runtime.load_module(str(folder / entry["library"]))["conv"]
             with tvm_ffi.use_torch_stream():
@@ -206,6 +214,8 @@ def main() -> None:
     b.add_argument("--configs", type=int, default=12, help="configurations per layer, the hand one first")
     b.add_argument("--smem", type=int, default=0, help="shared-memory limit in KB (default: the target's)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
+                   help="the kernels' activation layout (NHWC: channels_last tensors read in place)")
     r = sub.add_parser("run")
     r.add_argument("folder")
     r.add_argument("results")

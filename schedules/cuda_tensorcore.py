@@ -184,15 +184,18 @@ def _little_waste(tiles: int, warps: int, frags: int, waste: float = 1 / 8) -> b
     return frags == 1 or -(-tiles // block) * block <= tiles * (1 + waste)
 
 
-def _chunk(k: int) -> int:
+def _chunk(k: int, unpadded: bool = False) -> int:
     """K per shared stage: 2-4 mma steps (fewer barriers per multiply-add) dividing K's 16-element
     tiles if possible; one step for K <= 16 or a small K with no such divisor (no padding), else 32
-    with the last chunk zero-padded."""
+    with the last chunk zero-padded.  ``unpadded`` (A staged ``[m, k]``): 3 steps too, and one step
+    rather than a zero-padded chunk where K is whole tiles, because the test of K's padding differs
+    from lane to lane of a channel vector and TVM's vectorizer then splits the 16-byte input loads
+    into single elements (seen in the lowered kernels of Conv2d(16, 32, 3): K = 144, 9 tiles)."""
     tiles = -(-k // FRAGMENT)
-    for steps in (4, 2):
+    for steps in ((4, 2, 3) if unpadded else (4, 2)):
         if tiles % steps == 0:
             return steps * FRAGMENT
-    return FRAGMENT if tiles < 8 else 2 * FRAGMENT
+    return FRAGMENT if tiles < 8 or unpadded and k % FRAGMENT == 0 else 2 * FRAGMENT
 
 
 def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_KM) -> List[Config]:
@@ -211,8 +214,9 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A
     registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
     limit = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
+    longest = _chunk(gemm.k, unpadded=a_staged == A_MK)
     fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes, PIPELINE_STAGES, a_staged=a_staged)
-               for chunk in sorted({_chunk(gemm.k), min(_chunk(gemm.k), 2 * FRAGMENT)})
+               for chunk in sorted({longest, min(longest, 2 * FRAGMENT)})
                for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
                if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
                and _little_waste(n_tiles, warps_n, fn)]
@@ -232,11 +236,17 @@ def choose_config(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_
     return ranked[0] if ranked else None
 
 
-def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW") -> Tuple[Gemm, IndexMap]:
+def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[int] = None) -> Tuple[Gemm, IndexMap]:
     """The GEMM view of the ``conv`` block: its shape and the map from the block's iterators
     (NCHW: ``(n, co, [ph, pw,] h, w, rc, rh, rw)``; NHWC: ``(n, h, w, co, rh, rw, rc)``) to
-    ``(g, [ph, pw,] m, n, k)``, with K ordered as the input's bytes: ``(c, kh, kw)`` for NCHW,
-    ``(kh, kw, c)`` for NHWC (a run of K is a run of one pixel's channels)."""
+    ``(g, [ph, pw,] m, n, k)``, with K ordered as the input's bytes: ``(c, kh, kw)`` for NCHW;
+    for NHWC ``(kh, kw, c)`` (a run of K is a run of one pixel's channels), or, where a reduction
+    chunk of ``chunk_k`` divides the channels of a group, ``(c // chunk_k, kh, kw, c % chunk_k)``:
+    each chunk one tap's run of ``chunk_k`` channels.  TVM's vectorizer proves a channel vector's
+    lanes consecutive only when the chunk's K start is a multiple of the channels' (measured on
+    Conv2d(128, 128, 3) and Conv2d(256, 256, 3) on sm_90: with chunks of 32, 64 and 128 the input's
+    16-byte loads were split into single elements unless the chunk was the 128 channels), and this
+    order makes every chunk start so."""
     extents = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars]
     if layout == "NHWC":
         batch, height, width, channels, rh, rw, rc = extents
@@ -244,17 +254,28 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW") -> Tuple[Gemm, Inde
     else:
         batch, channels, *phases, height, width, rc, rh, rw = extents
     per_group = channels // spec.groups
+    block = chunk_k if _channel_blocked(spec, layout, chunk_k) else rc
 
     def to_gemm(n, co, *rest):
         *phase, h, w, c, r, s = rest
         return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, (c * rh + r) * rw + s)
 
     def nhwc_to_gemm(n, h, w, co, r, s, c):
-        return (co // per_group, (n * height + h) * width + w, co % per_group, (r * rw + s) * rc + c)
+        k = ((c // block) * rh * rw + r * rw + s) * block + c % block
+        return (co // per_group, (n * height + h) * width + w, co % per_group, k)
 
     gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
     return gemm, IndexMap.from_func(nhwc_to_gemm if layout == "NHWC" else to_gemm, ndim=len(extents),
                                     index_dtype="int32")
+
+
+def _channel_blocked(spec, layout: str, chunk_k: Optional[int]) -> bool:
+    """Whether an NHWC GEMM orders K by blocks of ``chunk_k`` channels (``gemm_of``): where the kernel
+    has several taps and a chunk divides a group's channels and is fewer than them (otherwise the
+    order is the same as ``(kh, kw, c)``)."""
+    per_group = spec.in_channels // spec.groups
+    return layout == "NHWC" and bool(chunk_k) and spec.kernel_size[0] * spec.kernel_size[1] > 1 \
+        and per_group % chunk_k == 0 and chunk_k < per_group
 
 
 def a_staging(workload) -> str:
@@ -380,7 +401,7 @@ class CudaTensorCore(ScheduleRule):
         # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
         # are inlined into the shared copies below), store A as [k, m] (NCHW: a row of A one channel's
         # pixels) or leave it [m, k] (NHWC: a row one pixel's taps, channels innermost).
-        _, to_gemm = gemm_of(sch, spec, workload.layout)
+        _, to_gemm = gemm_of(sch, spec, workload.layout, config.chunk_k)
         sch.transform_block_layout(conv, to_gemm)
         a_view = sch.reindex(conv, ("read", 0))
         sch.reindex(conv, ("read", 1))
@@ -403,7 +424,13 @@ class CudaTensorCore(ScheduleRule):
         n_block, n_warp, n_inner = sch.split(n, [None, config.warps_n, config.frags_n])
         k_chunk, k_step = sch.split(k, [None, config.chunk_k // FRAGMENT])
         group, *phases = batch
-        sch.reorder(*phases, group, m_block, n_block, m_warp, n_warp, k_chunk, k_step, m_inner, n_inner)
+        k_outer = []
+        if _channel_blocked(spec, workload.layout, config.chunk_k):
+            # chunks in (channel block, tap) order (``gemm_of``): the tap a loop of its own, so that
+            # the input's index is the tap's offset plus the chunk's channels, plainly consecutive
+            k_block, k_chunk = sch.split(k_chunk, [None, spec.kernel_size[0] * spec.kernel_size[1]])
+            k_outer = [k_block]
+        sch.reorder(*phases, group, m_block, n_block, m_warp, n_warp, *k_outer, k_chunk, k_step, m_inner, n_inner)
         grid = sch.fuse(group, m_block, n_block)  # neighbouring blocks share their A rows
         warp = sch.fuse(m_warp, n_warp)
         sch.bind(grid, "blockIdx.x")
@@ -433,7 +460,7 @@ class CudaTensorCore(ScheduleRule):
         loads = [_split_fragments(sch, block) for block in (a_frag, b_frag)]
         store = sch.blockize(_split_fragments(sch, acc))
         sch.storage_align(store, 0, axis=-2, factor=WARP, offset=ACC_ROW_OFFSET)
-        init = sch.decompose_reduction(tile, k_chunk)
+        init = sch.decompose_reduction(tile, (k_outer or [k_chunk])[0])
         if config.stages > 1:
             # the reduction loop's body: copy A, copy B, multiply (the k_step loop)
             sch.annotate(k_chunk, "software_pipeline_stage", [0, 0, config.stages - 1])

@@ -117,6 +117,26 @@ def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("weights", ["contiguous", "channels_last"])
+def test_channels_last_on_the_gpu_reads_nhwc_in_place(variant, dtype, weights):
+    """channels_last inputs (and weights) take an NHWC tensor-core kernel wherever the rule takes the
+    layer (torch's output format, values within the bound); the rest an NCHW kernel with copies."""
+    spec, shape = VARIANTS[variant]
+    cls = compiler.ConvTranspose2d if spec.transposed else compiler.Conv2d
+    m = cls(**spec.constructor_args(), device="cuda", dtype=dtype)
+    m.tuning_database = False
+    if weights == "channels_last":
+        m = m.to(memory_format=torch.channels_last)
+    x = torch.randn(*shape, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = assert_matches_torch(m, x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    nhwc = m.last_request.layout == "NHWC"
+    assert nhwc == (m.schedule == "cuda-tensorcore" and not spec.transposed)
+
+
+@needs_gpu
 def test_gpu_runs_on_torchs_current_stream():
     m = compiler.Conv2d(16, 16, 3, padding=1, device="cuda")
     x = torch.randn(4, 16, 32, 32, device="cuda")
@@ -152,6 +172,18 @@ def test_metaschedule_cuda_space_works_on_the_same_expressions():
 def test_random_conv2d_on_the_gpu(case):
     args, kw, shape = case
     assert_matches_torch(compiler.Conv2d(*args, **kw, device="cuda"), torch.randn(*shape, device="cuda"))
+
+
+@needs_gpu
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv2d_cases())
+def test_random_channels_last_half_conv2d_on_the_gpu(case):
+    """Random layers with 16x the channels (16-48 per group: the tensor cores' NHWC kernels)."""
+    (in_ch, out_ch, kernel), kw, shape = case
+    args, shape = (16 * in_ch, 16 * out_ch, kernel), (shape[0], 16 * shape[1], *shape[2:])
+    m = compiler.Conv2d(*args, **kw, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    x = torch.randn(*shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    assert_matches_torch(m, x)
 
 
 @needs_gpu

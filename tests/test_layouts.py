@@ -1,0 +1,101 @@
+"""The NHWC kernel layout (``request.LAYOUTS``): channels_last activations read and written in place,
+the weight as ``[co, kh, kw, ci/groups]``.
+
+Checked without a GPU: the compute itself against torch (unscheduled, on the CPU, float64, every
+conv2d variant and the fused epilogue), which requests may be NHWC, and how a call chooses the layout
+(``ops.plan`` asks a CUDA target's rules for NHWC and takes NCHW where none accepts it; kernels are
+compiled with nvcc).  The tensor-core schedule's numbers in NHWC are emulated in test_tensorcore.py;
+on a GPU, ``tests/test_cuda.py`` runs the modules on channels_last tensors.
+"""
+import pytest
+import torch
+import tvm
+from hypothesis import HealthCheck, given, settings
+
+from compiler import build, ops
+from compiler.request import Epilogue, KernelRequest
+from compiler.spec import ConvSpec
+from reference import assert_output_matches
+from schedules import NoRule
+from targets import host_target, resolve
+from test_random_configs import conv2d_cases
+
+
+def _run_unscheduled(request: KernelRequest, m: torch.nn.Conv2d, x, residual=None) -> torch.Tensor:
+    """``request``'s compute as TVM builds it with no schedule, on channels_last tensors."""
+    f = tvm.compile(build.prim_func(request), target=host_target())
+    y = ops.new_output(x, request.output_shape, type("K", (), {"request": request}))
+    args = [ops.in_layout(x, request.layout), ops.in_layout(m.weight, request.layout)]
+    args += [m.bias.detach()] if m.bias is not None else []
+    args += [ops.in_layout(residual, request.layout)] if residual is not None else []
+    f(*args, ops.in_layout(y, request.layout))
+    return y
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv2d_cases())
+def test_nhwc_compute_is_torchs_conv2d(case):
+    """Random layers of every variant (groups, dilation, stride, padding modes, 'same'/'valid')."""
+    args, kw, shape = case
+    m = torch.nn.Conv2d(*args, **kw, dtype=torch.float64)
+    spec = ops.layer_spec(False, m.weight.shape, m.bias is not None, m.stride, m.padding, m.dilation, m.groups,
+                          m.padding_mode, (0, 0))
+    x = torch.randn(*shape, dtype=torch.float64)
+    y = _run_unscheduled(KernelRequest(spec, shape, "float64", layout="NHWC"), m, x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_output_matches(m, x, y, operand_roundoff=0.0)        # torch.nn's twin is itself
+
+
+def test_nhwc_compute_applies_the_epilogue_to_a_channels_last_residual():
+    m = torch.nn.Conv2d(8, 12, 3, padding=1, dtype=torch.float64)
+    spec = ops.layer_spec(False, m.weight.shape, True, m.stride, m.padding, m.dilation, 1, "zeros", (0, 0))
+    x, residual = torch.randn(2, 8, 7, 6, dtype=torch.float64), torch.randn(2, 12, 7, 6, dtype=torch.float64)
+    request = KernelRequest(spec, x.shape, "float64", layout="NHWC", epilogue=Epilogue(("add", "silu")))
+    y = _run_unscheduled(request, m, x, residual)
+    with torch.no_grad():
+        exact = torch.nn.functional.silu(m(x) + residual)
+    torch.testing.assert_close(y, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_nhwc_is_a_forward_conv2d_layout():
+    conv = ConvSpec.conv2d(16, 16, 3, padding=1)
+    with pytest.raises(ValueError, match="forward conv2d only"):
+        KernelRequest(ConvSpec.conv_transpose2d(16, 16, 3), (1, 16, 8, 8), "float16", layout="NHWC")
+    with pytest.raises(ValueError, match="forward conv2d only"):
+        KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NHWC", operator="weight_grad")
+    with pytest.raises(ValueError, match="not supported"):
+        KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NCWH")
+    with pytest.raises(NoRule):             # no CPU rule reads NHWC (a CPU call never asks for it)
+        build.schedule(KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NHWC"), host_target())
+
+
+@pytest.mark.parametrize("layer,shape,layout,rule", [
+    (ConvSpec.conv2d(32, 64, 3, padding=1), (2, 32, 8, 8), "NHWC", "cuda-tensorcore"),
+    # depthwise: no tensor-core kernel, so no NHWC one: the call takes the NCHW kernel
+    (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (2, 32, 8, 8), "NCHW", "cuda-direct"),
+    # the transposed form is NCHW only
+    (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8), "NCHW", "cuda-tensorcore"),
+])
+def test_a_gpu_call_asks_for_nhwc_and_falls_back_to_nchw(layer, shape, layout, rule):
+    """``ops.plan`` with NHWC asked (what ``kernel_layout`` asks for channels_last CUDA tensors)."""
+    out_shape, kernel, request = ops.plan(layer, shape, torch.float16, torch.device("cpu"), layer.output_padding
+                                          if layer.transposed else None, Epilogue(), resolve("cuda/sm_90"), False,
+                                          layer.weight_shape, (layer.out_channels,), layout="NHWC")
+    assert request.layout == kernel.request.layout == layout
+    assert kernel.schedule == rule and out_shape == request.output_shape
+
+
+def test_cpu_tensors_take_nchw_kernels():
+    """A channels_last CPU input is copied in and out (no CPU rule reads NHWC); the output is still
+    channels_last as torch's is (test_memory_format.py)."""
+    x = torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert ops.kernel_layout(x, w) == "NCHW"
+
+
+def test_in_layout_reads_channels_last_bytes_in_place():
+    x = torch.randn(2, 8, 5, 3).contiguous(memory_format=torch.channels_last)
+    view = ops.in_layout(x, "NHWC")
+    assert view.data_ptr() == x.data_ptr() and view.is_contiguous() and view.shape == (2, 5, 3, 8)
+    nchw = torch.randn(2, 8, 5, 3)
+    assert torch.equal(ops.in_layout(nchw, "NHWC"), nchw.permute(0, 2, 3, 1))
