@@ -103,8 +103,8 @@ case $mode in
     }
     bench_one f16-b32-cl 80
     step probe 75 python3 examples/layout_probe.py --layers-file $LAYERS --dtype float16 --batch 32 --rounds 3
+    step tests 90 python3 -m pytest -q -rs -x -k "channels_last" tests/test_cuda.py
     for b in "${NHWC_BENCHES[@]:1}"; do bench_one "${b%%:*}" "${b#*:}"; done
-    step tests 100 python3 -m pytest -q -rs -x -k "channels_last" tests/test_cuda.py
     grep -h "geometric-mean" "$RES"/bench-*.log
     cat "$RES/probe.log"
     ;;
