@@ -18,7 +18,7 @@
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
 # Each step has a time limit of its own so that one slow step cannot eat the run (10 minutes at most).
 set -uo pipefail
-mode=${1:?usage: gpu_check.sh wheels|dry|check|nhwc|bench NAME...|tune}
+mode=${1:?usage: gpu_check.sh wheels|dry|check|nhwc|bench NAME...|sweep-bench NAME...|tune}
 OUT=${OUT:-/tmp/gpu_check_out}
 RES=/tmp/gpu_check_results        # logs and tables; $OUT/results.tar holds them all after every step
 mkdir -p "$OUT" "$RES"            # (a run brings back at most 8 files)
@@ -108,8 +108,11 @@ case $mode in
     grep -h "geometric-mean" "$RES"/bench-*.log
     cat "$RES/probe.log"
     ;;
-  bench)          # only the named settings, e.g. bench f16-b32 bf16-b32 (a short lease)
+  bench|sweep-bench)   # only the named settings, e.g. bench f16-b32 bf16-b32 (a short lease); sweep-bench:
+                       # the tile sweep first (70 s)
     on_device
+    [[ $mode == sweep-bench && -f .sweep/manifest.json ]] && step sweep 70 python3 examples/tensorcore_sweep.py \
+      run .sweep "$RES/sweep.json" && sed -n '/^per layer/,$p' "$RES/sweep.log"
     for name in "${@:2}"; do
       for s in "${SETTINGS[@]}"; do
         [[ ${s%%:*} == "$name" ]] && step "bench-$name" 80 python3 -m compiler bench --device cuda --no-tuned \
@@ -123,5 +126,5 @@ case $mode in
     step tune 540 python3 -m compiler tune --suite --target cuda/sm_90 --dtype float16 --trials 64 \
       --work-dir "$RES/tuning_logs"
     ;;
-  *) echo "unknown mode $mode (wheels, dry, check, nhwc, bench or tune)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (wheels, dry, check, nhwc, bench, sweep-bench or tune)" >&2; exit 2 ;;
 esac

@@ -71,6 +71,25 @@ def candidates(gemm, target, element_bytes, hand, count, rng):
     return chosen
 
 
+def occupancy_candidates(gemm, target, element_bytes, hand, occupancies, a_staged):
+    """The hand choice, then the rule's first tile under each ``OCCUPANCY_WARPS`` of ``occupancies``,
+    each also with a 2-stage pipeline: what the tile policy would pick at other occupancy targets."""
+    from dataclasses import replace
+
+    import schedules.cuda_tensorcore as rule
+    chosen, saved = [hand], rule.OCCUPANCY_WARPS
+    try:
+        for warps in occupancies:
+            rule.OCCUPANCY_WARPS = warps
+            head = rule.ranked_configs(gemm, target, element_bytes, a_staged)[0]
+            for config in (head, replace(head, stages=2)):
+                if config not in chosen and config.shared_bytes() <= int(target.attrs["max_shared_memory_per_block"]):
+                    chosen.append(config)
+    finally:
+        rule.OCCUPANCY_WARPS = saved
+    return chosen
+
+
 def build(args) -> None:
     import tvm
 
@@ -105,7 +124,12 @@ def build(args) -> None:
         gemm, _ = gemm_of(s_tir.Schedule(func), request.spec, args.layout)
         element_bytes = 4 if tf32 else 2
         hand, hand_sch = CudaTensorCore().tile_and_schedule(func, workload, base)
-        for n, config in enumerate(candidates(gemm, target, element_bytes, hand, args.configs, rng)):
+        if args.occupancies:
+            pool = occupancy_candidates(gemm, target, element_bytes, hand,
+                                        [int(w) for w in args.occupancies.split(",")], hand.a_staged)
+        else:
+            pool = candidates(gemm, target, element_bytes, hand, args.configs, rng)
+        for n, config in enumerate(pool):
             try:
                 if n == 0:
                     sch = hand_sch
@@ -214,6 +238,9 @@ def main() -> None:
     b.add_argument("--configs", type=int, default=12, help="configurations per layer, the hand one first")
     b.add_argument("--smem", type=int, default=0, help="shared-memory limit in KB (default: the target's)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--occupancies", default="",
+                   help="instead of random configurations: the rule's tile at each of these OCCUPANCY_WARPS, "
+                        "e.g. 8,4,3 (and each with a 2-stage pipeline)")
     b.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
                    help="the kernels' activation layout (NHWC: channels_last tensors read in place)")
     r = sub.add_parser("run")

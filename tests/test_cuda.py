@@ -11,7 +11,7 @@ import compiler
 from compiler import build, cuda_binary
 from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
-from reference import assert_matches_torch
+from reference import assert_matches_torch, assert_output_matches
 from schedules import CudaDirect
 from schedules.gpu_verify import passes_gpu_verification
 from targets import PRESETS, preset, resolve, target_key
@@ -134,6 +134,14 @@ def test_channels_last_on_the_gpu_reads_nhwc_in_place(variant, dtype, weights):
     assert y.is_contiguous(memory_format=torch.channels_last)
     nhwc = m.last_request.layout == "NHWC"
     assert nhwc == (m.schedule == "cuda-tensorcore" and not spec.transposed)
+    # the repeated call (module._repeat) on new values: the same kernel and layout, no copies
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        y2 = m(x2)
+    record = m.__dict__.get("_repeat_record")      # an NCHW kernel copies a channels_last input: no record
+    assert (record is not None and record[-1]) == nhwc
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+    assert_output_matches(m, x2, y2)
 
 
 @needs_gpu
