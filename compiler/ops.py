@@ -335,9 +335,10 @@ def in_torchs_format(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     if plainly_nchw(x) and plainly_nchw(weight) or not output_channels_last(
             x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda, x.dtype == torch.float64):
         return y
-    if y.is_contiguous(memory_format=torch.channels_last):    # one channel or one pixel: the same bytes,
-        n, c, h, w = y.shape                                   # torch's channels_last strides
-        return y.as_strided(y.shape, (h * w * c, 1, w * c, c))
+    if y.is_contiguous(memory_format=torch.channels_last):    # an NHWC kernel's output as it is; one
+        n, c, h, w = y.shape                                   # channel or one pixel: the same bytes,
+        strides = (h * w * c, 1, w * c, c)                     # torch's channels_last strides
+        return y if y.stride() == strides else y.as_strided(y.shape, strides)
     return y.contiguous(memory_format=torch.channels_last)
 
 

@@ -83,6 +83,15 @@ MAX_FRAGMENTS = 4
 #: 0.27 ms), while more fragments per warp won once warps were plentiful (128 on 28x28: 64x128
 #: blocks at 12 per SM 0.136 ms, 32x128 at 24 per SM 0.174 ms).  16 lies between those.
 OCCUPANCY_WARPS = 16
+#: The same for NHWC kernels (A staged [m, k], 16-byte loads of both operands), whose fastest tiles
+#: had more fragments per warp at fewer warps per SM.  Measured on an H100 (kernels alone, batch 32,
+#: float16, channels_last; examples/tensorcore_sweep.py --layout NHWC --occupancies 8,4,3; data in
+#: tuning_logs/cuda-sm_90/h100-nhwc-20261127/sweep-occupancies.log): at 16 the rule's tiles took 0.0467 ms on
+#: Conv2d(128, 128, 3) on 28x28 (32x128 blocks), 0.067 on 256 on 14x14 (32x96), 0.099 on 512 on 7x7
+#: (32x32); the tiles 4 gives within 48 KB of shared memory took 0.032 (64x128) and 0.071 (64x96),
+#: and 96-row ones 0.030 and 0.038 (over 48 KB); 64 on 56x56 and the 1x1 256 -> 64 layer keep their
+#: 128x64 tiles (0.040, 0.036 ms).
+NHWC_OCCUPANCY_WARPS = 4
 #: Chunks in flight in the hand-chosen schedule.  One: no software pipeline.  Measured on an H100
 #: (same sweep), the same tile with 3 stages was 20% slower on a 1x1 layer (Conv2d(256, 64, 1):
 #: 0.043 vs 0.034 ms), level on a 3x3 one (128 on 28x28), 9% faster on another (64 on 56x56); and
@@ -204,7 +213,7 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A
     thread may hold at this block size (target's ``registers_per_block``, at most 255 per thread),
     pad neither GEMM axis by more than an eighth, and fit the target's
     ``max_shared_memory_per_block`` with operands of ``element_bytes``.  Ranked: those that give the
-    GPU ``OCCUPANCY_WARPS`` warps per SM first, the most fragments per warp among them (else the
+    GPU ``OCCUPANCY_WARPS`` warps per SM (``NHWC_OCCUPANCY_WARPS`` with A staged ``[m, k]``) first, the most fragments per warp among them (else the
     most warps per SM), more channels than pixels per warp on a tie (an A row staged serves more of
     them), then the longer chunk.  ``PIPELINE_STAGES`` stages."""
     m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
@@ -221,10 +230,11 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A
                if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
                and _little_waste(n_tiles, warps_n, fn)]
     sms = multiprocessors(target)
+    warps_per_sm = NHWC_OCCUPANCY_WARPS if a_staged == A_MK else OCCUPANCY_WARPS
 
     def rank(c: Config):
         blocks = gemm.batch * -(-m_tiles // (c.warps_m * c.frags_m)) * -(-n_tiles // (c.warps_n * c.frags_n))
-        occupied = blocks * c.warps_m * c.warps_n >= OCCUPANCY_WARPS * sms
+        occupied = blocks * c.warps_m * c.warps_n >= warps_per_sm * sms
         fragments = c.frags_m * c.frags_n
         return occupied, fragments if occupied else -fragments, c.frags_n, c.chunk_k
     return sorted((c for c in fitting if c.shared_bytes() <= limit), key=rank, reverse=True)

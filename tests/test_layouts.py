@@ -99,3 +99,15 @@ def test_in_layout_reads_channels_last_bytes_in_place():
     assert view.data_ptr() == x.data_ptr() and view.is_contiguous() and view.shape == (2, 5, 3, 8)
     nchw = torch.randn(2, 8, 5, 3)
     assert torch.equal(ops.in_layout(nchw, "NHWC"), nchw.permute(0, 2, 3, 1))
+
+
+def test_an_nhwc_output_is_returned_as_it_is():
+    """The NHWC kernel's channels_last output has torch's strides: the call returns that tensor
+    (so the repeated call, ``module._repeat``, may record it); a one-channel output is restrided."""
+    x = torch.randn(2, 8, 5, 3).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 8, 3, 3)
+    y = torch.empty(2, 6, 5, 3, memory_format=torch.channels_last)
+    assert ops.in_torchs_format(y, x, w) is y
+    one = torch.empty(2, 1, 5, 3)
+    out = ops.in_torchs_format(one, x, w)
+    assert out.stride() == torch.empty(2, 1, 5, 3, memory_format=torch.channels_last).stride()

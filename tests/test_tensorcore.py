@@ -40,9 +40,9 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
-from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, OCCUPANCY_WARPS, SEARCH_TILES,
-                                       Config, Gemm, choose_config, gathers, gemm_of, pipeline_stages,
-                                       ranked_configs)
+from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
+                                       OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
+                                       gemm_of, pipeline_stages, ranked_configs)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
@@ -458,6 +458,21 @@ def test_tiles_keep_the_gpu_busy_then_grow_the_warp_tiles():
     # an architecture with fewer SMs reaches it with larger warp tiles
     a100 = choose_config(Gemm(batch=1, m=32 * 14 * 14, n=256, k=256 * 9), resolve("cuda/sm_80"))
     assert a100.frags_m * a100.frags_n >= 3
+
+
+def test_nhwc_tiles_are_the_measured_ones():
+    """NHWC kernels rank by ``NHWC_OCCUPANCY_WARPS``: on the sm_90 preset (48 KiB of shared memory),
+    batch 32, float16, the tiles the H100 sweep measured fastest within that limit
+    (tuning_logs/cuda-sm_90/h100-nhwc-20261127/sweep-occupancies.log)."""
+    target = resolve("cuda/sm_90")
+    for (channels, size, taps, out), block in {(128, 28, 9, 128): (64, 128), (512, 7, 9, 512): (64, 96),
+                                               (64, 56, 9, 64): (128, 64), (256, 56, 1, 64): (128, 64)}.items():
+        gemm = Gemm(batch=1, m=32 * size * size, n=out, k=channels * taps)
+        config = ranked_configs(gemm, target, 2, "mk")[0]
+        assert (config.block_m, config.block_n, config.stages, config.a_staged) == (*block, 1, "mk")
+        assert _warps_per_sm(gemm, config, 132) >= NHWC_OCCUPANCY_WARPS
+        # the same GEMM staged [k, m] (NCHW) keeps its own policy
+        assert ranked_configs(gemm, target, 2)[0] == choose_config(gemm, target)
 
 
 def test_a_pipelined_tile_fits_the_shared_memory():
