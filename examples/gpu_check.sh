@@ -5,14 +5,24 @@
 # Here, once:   bash ../shared/gpu/make-kit.sh --compiler        (.gpukit/, ~6 min on 2 cores)
 #               bash examples/gpu_check.sh wheels                (.gpukit/wheels: xgboost, which the GPU
 #                                                                 machine lacks: MetaSchedule's cost model)
-#               python examples/tensorcore_sweep.py build .sweep --smem 227   (tile sweep, nvcc here, ~3 min)
+#               python examples/tensorcore_sweep.py build .sweep --smem 227 [--layout NHWC] [--occupancies 8,4]
+#                                                                (tile sweep, nvcc here, 1-3 min)
 #               bash examples/gpu_check.sh dry                   (every command below, --dry-run, on the CPU)
-# On the GPU machine, three runs back to back (the machine stays warm ~30 s between them):
-#   1. carry [".gpukit/compiler.so.xz", ".gpukit/on-device.sh"]:   bash .gpukit/on-device.sh stage-compiler
+#               (cd .gpukit && split -b 30M compiler.so.xz compiler.so.xz.part-)
+#                   the tracked files (12 MB with tuning_logs/) and the 57 MB compiler no longer fit one
+#                   run's 64 MiB: the compiler travels in two halves, one run each
+# On the GPU machine, runs back to back (the machine stays warm ~30 s between them):
+#   1a. carry [".gpukit/compiler.so.xz.part-aa"]:
+#         mkdir -p /root/gpukit && cp .gpukit/compiler.so.xz.part-aa /root/gpukit/
+#   1b. carry [".gpukit/compiler.so.xz.part-ab"]:
+#         cat /root/gpukit/compiler.so.xz.part-aa .gpukit/compiler.so.xz.part-ab > /root/gpukit/c.xz &&
+#         python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('/root/gpukit/c.xz'),
+#           open('/root/gpukit/libtvm_compiler.so', 'wb'), 1 << 24)"          (what stage-compiler does)
 #   2. carry [".gpukit/runtime.tar.xz", ".gpukit/on-device.sh", ".gpukit/wheels", ".sweep"]:
 #                                                                  bash examples/gpu_check.sh check
 #      the tile sweep, the benchmark against cuDNN (examples/cuda_layers.txt) in each setting the
 #      tensor-core issue names, most wanted first, and the GPU tests; logs, tables and JSON in $OUT/results.tar.
+#      or `nhwc` (the channels_last kernels: ~8 min), or `sweep-bench f16-b32-cl ...` (a short lease)
 #   3. same carry:                                                 bash examples/gpu_check.sh tune
 #      tunes the benchmark suite for sm_90 (float16) and leaves the record folder in $OUT/results.tar (tuning_logs/);
 #      here, copy its run folder into tuning_logs/cuda-sm_90/ and commit it.
