@@ -185,7 +185,7 @@ def packed_weight(kernel: Kernel, weight: torch.Tensor) -> torch.Tensor:
     path: a compiled or exported model passes the same parameter tensor at every call): torch's
     layout, the rule's blocks (``kernel.pack``), or for an NHWC kernel ``[co, kh, kw, ci/groups]``
     (a channels_last weight's own bytes, read in place)."""
-    ohwi = kernel.request.layout == NHWC
+    ohwi = kernel.pack is None and kernel.request.layout == NHWC
     if kernel.pack is None and not ohwi:
         return weight.detach().contiguous()
     if ohwi and weight.is_contiguous(memory_format=torch.channels_last):
@@ -248,11 +248,14 @@ def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, outp
 
 def kernel_layout(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The layout to ask a kernel for on batched ``x``: NHWC where torch's output is channels_last
-    on a GPU (the tensor-core rule then reads the channels_last input and weight in place and writes
-    the channels_last output itself), else NCHW (a channels_last CPU input is copied in and out)."""
-    if not x.is_cuda or plainly_nchw(x) and plainly_nchw(weight) or x.dtype == torch.float64:
+    (a rule that takes NHWC then reads the channels_last input in place and writes the channels_last
+    output itself: the tensor-core rule on a GPU, the depthwise NHWC rule on a CPU; ``plan`` takes
+    NCHW where none does, and the input is copied in and the output out), else NCHW."""
+    if plainly_nchw(x) and plainly_nchw(weight):
         return NCHW
-    return NHWC if output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), True) else NCHW
+    channels_last = output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda,
+                                         x.dtype == torch.float64)
+    return NHWC if channels_last else NCHW
 
 
 def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:

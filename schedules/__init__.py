@@ -2,6 +2,7 @@
 from .base import NoRule, ScheduleRule, Workload, apply_first
 from .cpu_channel_vector import CpuChannelVector
 from .cpu_depthwise import CpuDepthwise
+from .cpu_depthwise_nhwc import CpuDepthwiseNhwc
 from .cpu_direct import CpuDirect
 from .cpu_pointwise import CpuPointwise
 from .cpu_transposed import CpuTransposed
@@ -15,7 +16,7 @@ from .grad_folds import PadGrad, schedule_bias_grad
 #: The CPU rule chain, most specialised first; the fallback accepts every forward request.  Rules
 #: serve the request operators they name (``ScheduleRule.operators``): the gradient kernels' rules
 #: come first, and the forward rules are never offered a gradient kernel.
-CPU_RULES = (CpuWeightGrad(), PadGrad(), CpuTransposed(), CpuDepthwise(), CpuPointwise(),
+CPU_RULES = (CpuWeightGrad(), PadGrad(), CpuTransposed(), CpuDepthwiseNhwc(), CpuDepthwise(), CpuPointwise(),
              CpuChannelVector(), CpuDirect(), CpuFallback())
 #: The CUDA rule chain: the gradient kernels' rules, then tensor cores for the half types on sm_80+
 #: (16+ channels per group on both sides), then the direct rule, which covers every forward variant.
@@ -31,5 +32,5 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
-__all__ = ["NoRule", "ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
+__all__ = ["NoRule", "ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDepthwiseNhwc", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
            "schedule_bias_grad"]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from compiler import build, ops
 from compiler.request import Epilogue, KernelRequest
 from compiler.spec import ConvSpec
-from reference import assert_output_matches
+from reference import assert_matches_torch, assert_output_matches
 from schedules import NoRule
 from targets import host_target, resolve
 from test_random_configs import conv2d_cases
@@ -85,12 +85,17 @@ def test_a_gpu_call_asks_for_nhwc_and_falls_back_to_nchw(layer, shape, layout, r
     assert kernel.schedule == rule and out_shape == request.output_shape
 
 
-def test_cpu_tensors_take_nchw_kernels():
-    """A channels_last CPU input is copied in and out (no CPU rule reads NHWC); the output is still
-    channels_last as torch's is (test_memory_format.py)."""
+def test_channels_last_cpu_calls_ask_for_nhwc_and_take_nchw_where_no_rule_reads_it():
+    """A channels_last CPU input asks for NHWC (torch's output is channels_last); only depthwise
+    layers have an NHWC CPU rule, so a dense layer takes the NCHW kernel (input copied in, output out)."""
     x = torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last)
-    assert ops.kernel_layout(x, w) == "NCHW"
+    w = torch.randn(6, 4, 3, 3)
+    assert ops.kernel_layout(x, w) == "NHWC" and ops.kernel_layout(x.contiguous(), w) == "NCHW"
+    assert ops.kernel_layout(x.contiguous(), w.contiguous(memory_format=torch.channels_last)) == "NHWC"
+    spec = ops.layer_spec(False, w.shape, False, (1, 1), (1, 1), (1, 1), 1, "zeros", (0, 0))
+    _, kernel, request = ops.plan(spec, tuple(x.shape), torch.float32, x.device, None, Epilogue(), host_target(),
+                                  False, w.shape, None, layout="NHWC")
+    assert request.layout == kernel.request.layout == "NCHW"
 
 
 def test_in_layout_reads_channels_last_bytes_in_place():
@@ -111,3 +116,59 @@ def test_an_nhwc_output_is_returned_as_it_is():
     one = torch.empty(2, 1, 5, 3)
     out = ops.in_torchs_format(one, x, w)
     assert out.stride() == torch.empty(2, 1, 5, 3, memory_format=torch.channels_last).stride()
+
+
+# the CPU's NHWC rule: depthwise layers on channels_last tensors (ConvNeXt's 7x7 layers take them)
+DEPTHWISE = [
+    ((16, 16, 3), {"padding": 1}, (2, 16, 9, 14)),
+    ((32, 32, 7), {"padding": 3, "bias": False}, (1, 32, 7, 7)),
+    ((8, 8, 5), {"stride": 2, "padding": 2, "dilation": 1}, (1, 8, 11, 13)),
+    ((24, 24, 3), {"padding": 2, "dilation": 2, "padding_mode": "reflect"}, (1, 24, 10, 12)),
+    ((16, 16, (3, 1)), {"stride": (1, 2), "padding": "valid"}, (3, 16, 6, 9)),
+    ((16, 16, 3), {"padding": "same", "padding_mode": "circular"}, (1, 16, 5, 6)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(DEPTHWISE)))
+def test_channels_last_depthwise_reads_nhwc_in_place_on_the_cpu(case, dtype):
+    """The kernel is NHWC (``cpu-depthwise-nhwc``), its output torch's channels_last one, its values
+    within the dtype's bound; a repeated call on new values takes the same kernel."""
+    import compiler
+    args, kw, shape = DEPTHWISE[case]
+    m = compiler.Conv2d(*args, **kw, groups=args[0], dtype=dtype)
+    x = torch.randn(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = assert_matches_torch(m, x)
+    assert m.last_request.layout == "NHWC" and m.schedule == "cpu-depthwise-nhwc"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        y2 = m(x2)
+    assert m.__dict__["_repeat_record"][-1] and y2.is_contiguous(memory_format=torch.channels_last)
+    assert_output_matches(m, x2, y2)
+
+
+def test_channels_last_depthwise_with_a_fused_epilogue_and_a_permuted_input():
+    """A channels_last residual and activation in the NHWC kernel's epilogue, on the permuted NHWC
+    tensor ConvNeXt's blocks pass (a view, not a copy), and NCHW where the channels are no whole
+    vectors (5: the NCHW rule, the input copied)."""
+    import compiler
+    from compiler.fusion import FusedConv2d
+    m = FusedConv2d(16, 16, 3, padding=1, groups=16)
+    m.epilogue = Epilogue(("add", "gelu"))
+    nhwc = torch.randn(2, 7, 9, 16)
+    x, residual = nhwc.permute(0, 3, 1, 2), torch.randn(2, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = m(x, residual)
+        conv = torch.nn.functional.conv2d(x.double(), m.weight.double(), m.bias.double(), padding=1, groups=16)
+        magnitude = torch.nn.functional.conv2d(x.double().abs(), m.weight.double().abs(), m.bias.double().abs(),
+                                               padding=1, groups=16) + residual.double().abs()
+    assert m.last_request.layout == "NHWC" and y.is_contiguous(memory_format=torch.channels_last)
+    # test_fusion.py's bound: (K + 3) u (M + |r|) through the GELU's slope (at most 1.13), then its
+    # float32 evaluation (4 u |y|) and rounding (u |y|)
+    exact = torch.nn.functional.gelu(conv + residual.double())
+    bound = 1.13 * (9 + 3) * 2.0 ** -24 * magnitude + 5 * 2.0 ** -24 * exact.abs()
+    assert bool(((y.double() - exact).abs() <= bound).all())
+    odd = compiler.Conv2d(5, 5, 3, padding=1, groups=5)
+    assert_matches_torch(odd, torch.randn(1, 5, 6, 6).contiguous(memory_format=torch.channels_last))
+    assert odd.last_request.layout == "NCHW" and odd.schedule == "cpu-depthwise"
