@@ -4,6 +4,7 @@ The kernel's arguments are ``(input, weight, [bias,] output)`` as contiguous NCH
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -13,11 +14,11 @@ import tvm
 from tvm import s_tir, te
 from tvm.target import Target
 
-from schedules import Workload, apply_first, rules_for
+from schedules import NoRule, Workload, apply_first, rules_for
 from schedules.base import mark_rule, schedule_weight_pack
 
 from . import compute, library_cache, progress, records
-from .request import KernelRequest
+from .request import NCHW, KernelRequest
 
 ENTRY = "conv"
 PACK_ENTRY = "pack_weight"
@@ -55,6 +56,13 @@ def workload_of(request: KernelRequest) -> Workload:
                     dtype=request.dtype, accumulate_dtype=compute.ACCUMULATE_DTYPE[request.dtype],
                     epilogue=request.epilogue.steps, operator=request.operator, tf32=request.tf32,
                     layout=request.layout)
+
+
+def takes(request: KernelRequest, target: Target) -> bool:
+    """Whether some rule of ``target``'s chain may take ``request`` (``ScheduleRule.takes``: from the
+    workload alone, nothing scheduled; a call asks for a layout other than NCHW only where one may)."""
+    workload = workload_of(request)
+    return any(rule.takes(workload, target) for rule in rules_for(target))
 
 
 def prim_func(request: KernelRequest, weight_block=None):
@@ -165,13 +173,23 @@ def cached(request: KernelRequest, target: Target, prepacked: bool = False, data
 
 
 def get_kernel(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> Kernel:
-    """The cached kernel for (request, target, database), compiled on first use."""
+    """The cached kernel for (request, target, database), compiled on first use.  A request in
+    another layout than NCHW that every rule declines gets the NCHW kernel (``kernel.request`` says
+    which layout its arguments take)."""
     key = _cache_key(request, target, prepacked, database)
     with _LOCK:
         kernel = _CACHE.get(key)
         if kernel is None:
             with progress.step(f"compiling {request.describe()} for {records.target_key(target)}"):
-                kernel = compile_kernel(request, target, prepacked, database)
+                try:
+                    kernel = compile_kernel(request, target, prepacked, database)
+                except NoRule:
+                    if request.layout == NCHW:
+                        raise
+                    nchw = dataclasses.replace(request, layout=NCHW)
+                    kernel = _CACHE.get(_cache_key(nchw, target, prepacked, database)) or \
+                        compile_kernel(nchw, target, prepacked, database)
+                    _CACHE[_cache_key(nchw, target, prepacked, database)] = kernel
             _CACHE[key] = kernel
     return kernel
 

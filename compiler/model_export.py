@@ -73,7 +73,7 @@ def export_model(model: torch.nn.Module, example_inputs, out_dir, target: Target
     start = time.perf_counter()
     target = resolve(target)
     out = Path(out_dir)
-    converted, calls = capture(model, example_inputs, fuse)
+    converted, calls = capture(model, example_inputs, fuse, nchw=True)
     entries: Dict[KernelRequest, str] = {}
     for _, request in calls:
         entries.setdefault(request, f"conv{len(entries)}")

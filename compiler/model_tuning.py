@@ -11,6 +11,7 @@ the budget (a rerun resumes), and a final check re-measures each task's best bes
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -28,16 +29,20 @@ from targets.cpu import usable_cores
 from . import build, curves, records
 from . import space as design_space
 from .conversion import convert, converted_layers
-from .request import KernelRequest
+from .request import NCHW, KernelRequest
 from .search import SearchSettings
 from .tuning import (_builder, _final_check, _prepare_task, _metaschedule_logging, _runner, _Task, _unbound_threads,
                      candidate_secs)
 
 
-def capture(model: torch.nn.Module, example_inputs, fuse: bool = True) -> Tuple[torch.nn.Module, List[Tuple[str, KernelRequest]]]:
+def capture(model: torch.nn.Module, example_inputs, fuse: bool = True, nchw: bool = False
+            ) -> Tuple[torch.nn.Module, List[Tuple[str, KernelRequest]]]:
     """(the converted model, (module path, request) of each conv call one forward makes on
     ``example_inputs``, in call order).  ``model`` may be a torch model (converted here, with ``fuse``)
-    or a converted one.  The forward runs on meta tensors: nothing is compiled or computed."""
+    or a converted one.  The forward runs on meta tensors: nothing is compiled or computed.
+    ``nchw``: every request in NCHW, the layout exported libraries and tuning records take
+    (channels_last tensors otherwise ask for NHWC kernels where a rule reads them:
+    ``ops.kernel_layout``)."""
     converted = convert(model, fuse=fuse) if _has_torch_convs(model) else model
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     shadow = copy.deepcopy(converted).to("meta")          # shapes only: our layers build no kernels on meta
@@ -54,13 +59,15 @@ def capture(model: torch.nn.Module, example_inputs, fuse: bool = True) -> Tuple[
     finally:
         for h in hooks:
             h.remove()
+    if nchw:
+        calls = [(path, dataclasses.replace(request, layout=NCHW)) for path, request in calls]
     return converted, calls
 
 
 def model_workloads(model: torch.nn.Module, example_inputs, fuse: bool = True) -> List[Tuple[KernelRequest, int]]:
     """(request, calls per forward) of every conv kernel ``model`` runs on ``example_inputs``, in
     the order first called (see :func:`capture`)."""
-    _, calls = capture(model, example_inputs, fuse)
+    _, calls = capture(model, example_inputs, fuse, nchw=True)
     return list(Counter(request for _, request in calls).items())
 
 

@@ -33,8 +33,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from targets.cuda import has_tf32
 
 from .build import Kernel, generation, get_kernel
-from schedules import NoRule
-
+from .build import takes as build_takes
 from .request import ADD, NCHW, NHWC, Epilogue, KernelRequest
 from .spec import ConvSpec, output_channels_last
 
@@ -229,20 +228,18 @@ def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, outp
     """(output shape, kernel or None when there is nothing to compute, request) for a batched call:
     the bias check, torch's shape rules and the kernel lookup (raising torch's errors); ``tf32``
     (:func:`tf32_allowed`) makes the request a TF32 one on a target with TF32 tensor cores;
-    ``layout`` (:func:`kernel_layout`) is asked for first, NCHW where no rule takes it."""
+    ``layout`` (:func:`kernel_layout`) is asked for where some rule may take it (``build.takes``),
+    and the kernel is NCHW where none does or all then decline (``build.get_kernel``)."""
     check_bias(spec, weight_shape, bias_shape)
     request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue,
-                            tf32=tf32 and has_tf32(target), layout=layout if not spec.transposed else NCHW)
+                            tf32=tf32 and has_tf32(target))
     out_shape = request.output_shape                          # raises torch's errors
+    if layout != NCHW and not spec.transposed and build_takes(replace(request, layout=layout), target):
+        request = replace(request, layout=layout)
     kernel = None                  # nothing to compute: no kernel for empty outputs or meta tensors
     if x_shape[0] != 0 and 0 not in out_shape and device.type != "meta":
-        try:
-            kernel = get_kernel(request, target, prepacked=True, database=database)
-        except NoRule:
-            if request.layout == NCHW:
-                raise
-            request = replace(request, layout=NCHW)
-            kernel = get_kernel(request, target, prepacked=True, database=database)
+        kernel = get_kernel(request, target, prepacked=True, database=database)
+        request = kernel.request           # NCHW where the rules declined the layout asked for
     return out_shape, kernel, request
 
 

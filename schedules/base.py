@@ -86,6 +86,11 @@ class ScheduleRule:
     #: the activation layouts (``Workload.layout``) whose compute this rule knows
     layouts: Tuple[str, ...] = ("NCHW",)
 
+    def takes(self, workload: Workload, target: Target) -> bool:
+        """Whether the rule may take the workload, from what it is, without scheduling it (a call
+        asks for a layout only where some rule may read it; ``apply`` may still decline)."""
+        return workload.operator in self.operators and workload.layout in self.layouts
+
     def weight_block(self, workload: Workload, target: Target) -> Optional[int]:
         """Output channels per block if this rule wants the weight pre-packed into
         ``[co/block, ci, kh, kw, block]`` (once, outside the kernel), else None."""

@@ -38,6 +38,9 @@ class CpuDepthwiseNhwc(ScheduleRule):
         lanes = native_lanes(workload, target)
         return lanes if spec.out_channels % lanes == 0 else None
 
+    def takes(self, workload, target):
+        return super().takes(workload, target) and self.weight_block(workload, target) is not None
+
     def apply(self, func, workload, target):
         lanes = self.weight_block(workload, target)
         if workload.layout != "NHWC" or lanes is None:

@@ -331,20 +331,26 @@ class CudaTensorCore(ScheduleRule):
         made = self.tile_and_schedule(func, workload, target)
         return None if made is None else made[1]
 
+    def takes(self, workload, target) -> bool:
+        """sm_80+ with 32-lane warps, tensor-core operands (``operand_type``), 16+ channels per group
+        on both sides (depthwise and few-channel layers are mostly padding), and for the transposed
+        form phases that all have taps."""
+        if not super().takes(workload, target) or str(target.kind.name) != "cuda" or arch_number(target) < 80:
+            return False
+        if operand_type(workload) is None or int(target.attrs.get("thread_warp_size", WARP)) != WARP:
+            return False
+        spec = workload.spec
+        if min(spec.in_channels, spec.out_channels) // spec.groups < FRAGMENT:
+            return False
+        return not (spec.transposed and any(math.gcd(s, d) > 1 for s, d in zip(spec.stride, spec.dilation)))
+
     def tile_and_schedule(self, func, workload, target) -> Optional[Tuple[Config, s_tir.Schedule]]:
         """The rule's tile for ``workload`` on ``target`` and the schedule it makes (None where the
         rule declines): the first tile, in rank order, that TVM schedules (the transposed form's
         phase interleave cannot be inlined over some GEMM paddings) and that passes its GPU verifier."""
-        if str(target.kind.name) != "cuda" or arch_number(target) < 80:
-            return None
-        operands = operand_type(workload)
-        if operands is None or int(target.attrs.get("thread_warp_size", WARP)) != WARP:
+        if not self.takes(workload, target):
             return None
         spec = workload.spec
-        if min(spec.in_channels, spec.out_channels) // spec.groups < FRAGMENT:
-            return None            # depthwise and few channels per group: mostly padding
-        if spec.transposed and any(math.gcd(s, d) > 1 for s, d in zip(spec.stride, spec.dilation)):
-            return None
         gemm, _ = gemm_of(s_tir.Schedule(func), spec, workload.layout)
         if gemm.m < FRAGMENT:
             return None
