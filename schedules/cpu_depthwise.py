@@ -58,6 +58,18 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
                            columns=_largest_divisor(out_width, max(1, lanes // 2)))
 
 
+def tasks_pad_their_planes(sch: s_tir.Schedule, images, channels):
+    """One parallel task per (image, channel block): each pads the plane it reads into a buffer of
+    its own (written just before it is read, cache-resident) instead of a padded copy of the input."""
+    task = sch.fuse(images, channels)
+    sch.parallel(task)
+    if has_block(sch, "pad"):
+        pad = sch.get_sblock("pad")
+        sch.compute_at(pad, task)
+        vectorize_if_wide(sch, sch.get_loops(pad)[-1])
+    return task
+
+
 class CpuDepthwise(ScheduleRule):
     name = "cpu-depthwise"
     #: 2: planes 1.5-2 registers wide take whole rows x 2 rows; 3: rows and columns per register
@@ -88,12 +100,7 @@ class CpuDepthwise(ScheduleRule):
         ow_o, ow_i = tunable_split(sch, ow, cfg.columns, max_tile=max(2 * lanes, cfg.columns))
         sch.reorder(n, co, oh_o, ow_o, rc, rh, rw, oh_i, ow_i)
         # Step 1. One task per (image, channel); it pads its channel plane into its own buffer.
-        plane = sch.fuse(n, co)
-        sch.parallel(plane)
-        if has_block(sch, "pad"):
-            pad = sch.get_sblock("pad")
-            sch.compute_at(pad, plane)
-            vectorize_if_wide(sch, sch.get_loops(pad)[-1])
+        tasks_pad_their_planes(sch, n, co)
         # Step 2. Accumulate the tile in registers; the epilogue writes it when it is complete (a
         # last, partial column tile: a piece of its own, and the epilogue a pass of its own).
         if out_width % cfg.columns:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, has_block, native_lanes, vectorize_if_wide
-from .cpu_depthwise import MAX_UNROLLED_TAPS, _largest_divisor
+from .base import ScheduleRule, native_lanes
+from .cpu_depthwise import MAX_UNROLLED_TAPS, _largest_divisor, tasks_pad_their_planes
 
 #: Output pixels per register tile: accumulators of one register each, with the weight vector and an
 #: input vector beside them in AVX2's 16 registers (7 divides the widths of ConvNeXt's and
@@ -57,12 +57,7 @@ class CpuDepthwiseNhwc(ScheduleRule):
         ow_o, ow_i = sch.split(ow, [None, columns])
         sch.reorder(n, c_o, oh, ow_o, rh, rw, rc, ow_i, c_i)
         # Step 1. One task per (image, channel vector); it pads its channels' plane into its own buffer.
-        task = sch.fuse(n, c_o)
-        sch.parallel(task)
-        if has_block(sch, "pad"):
-            pad = sch.get_sblock("pad")
-            sch.compute_at(pad, task)
-            vectorize_if_wide(sch, sch.get_loops(pad)[-1])
+        tasks_pad_their_planes(sch, n, c_o)
         # Step 2. The register tile: sums in registers, written through the epilogue when complete.
         sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)
         sch.set_scope(conv, 0, "local")

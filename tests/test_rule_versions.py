@@ -23,9 +23,10 @@ FINGERPRINTS = HERE / "rule_fingerprints.json"
 #: fixed targets (never the host), so the fingerprints are the same on every machine
 TARGETS = {"znver4": {"kind": "llvm", "mcpu": "znver4", "num-cores": 2},
            "znver3": {"kind": "llvm", "mcpu": "znver3", "num-cores": 2},
-           "sm_80": "cuda/sm_80"}
-#: (target, layer, input shape, dtype[, rule]): every forward rule of both chains, on both CPU vector
-#: widths; a case naming a rule applies that rule alone (the fallback, which the chain never reaches)
+           "sm_80": "cuda/sm_80", "sm_90": "cuda/sm_90"}
+#: (target, layer, input shape, dtype[, rule][, "NHWC"]): every forward rule of both chains, on both CPU
+#: vector widths; a case naming a rule applies that rule alone (the fallback, which the chain never
+#: reaches); "NHWC": the layout channels_last calls ask for
 CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver3", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver4", "Conv2d(256, 256, 3, padding=2, dilation=2)", "1,256,28,28", "float32"),
@@ -41,7 +42,10 @@ CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver4", "Conv2d(4, 6, 3, padding=1)", "1,4,8,8", "float64"),
          ("sm_80", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("sm_80", "ConvTranspose2d(16, 8, 4, stride=2, padding=1)", "1,16,8,8", "float32"),
-         ("sm_80", "Conv2d(32, 32, 3, padding=1)", "1,32,16,16", "float16")]
+         ("sm_80", "Conv2d(32, 32, 3, padding=1)", "1,32,16,16", "float16"),
+         # channels_last calls' NHWC kernels (prepacked weights, as the modules take them)
+         ("znver3", "Conv2d(96, 96, 7, padding=3, groups=96)", "1,96,56,56", "float32", "NHWC"),
+         ("sm_90", "Conv2d(128, 128, 3, padding=1)", "32,128,28,28", "float16", "NHWC")]
 
 
 def _case_id(case) -> str:
@@ -50,13 +54,15 @@ def _case_id(case) -> str:
 
 def fingerprint(case) -> dict:
     """The rule that schedules ``case``, its version, and a digest of its schedule (without the mark)."""
-    target_name, layer, shape, dtype, *rule = case
+    target_name, layer, shape, dtype, *rest = case
+    layout = "NHWC" if "NHWC" in rest else "NCHW"
+    rule = [name for name in rest if name != "NHWC"]
     spec = spec_of(layer)
     request = KernelRequest(spec, batched_shape([int(v) for v in shape.split(",")]), dtype,
-                            spec.output_padding if spec.transposed else None)
+                            spec.output_padding if spec.transposed else None, layout=layout)
     target = resolve(TARGETS[target_name])
     chain = [r for r in rules_for(target) if r.name in rule] if rule else None
-    hand = build.schedule(request, target, rules=chain)
+    hand = build.schedule(request, target, rules=chain, prepacked=layout == "NHWC")
     mark = records.rule_mark(hand.trace)
     digest = hashlib.sha256(records.unmarked_key(hand.trace).encode()).hexdigest()[:20]
     return {"rule": mark.rule, "version": mark.version, "schedule": digest}
