@@ -248,8 +248,8 @@ def kernel_layout(x: torch.Tensor, weight: torch.Tensor) -> str:
     (a rule that takes NHWC then reads the channels_last input in place and writes the channels_last
     output itself: the tensor-core rule on a GPU, the depthwise NHWC rule on a CPU; ``plan`` takes
     NCHW where none does, and the input is copied in and the output out), else NCHW."""
-    if plainly_nchw(x) and plainly_nchw(weight):
-        return NCHW
+    if weight.dim() != 4 or plainly_nchw(x) and plainly_nchw(weight):
+        return NCHW                   # (a weight of another rank: the layer check raises torch's error)
     channels_last = output_channels_last(x.shape, x.stride(), weight.shape, weight.stride(), x.is_cuda,
                                          x.dtype == torch.float64)
     return NHWC if channels_last else NCHW
