@@ -182,8 +182,13 @@ def test_tensorcore_schedule_computes_torchs_numbers(layer, dtype, arch):
 NHWC_LAYERS = tuple(name for name, (spec, _) in LAYERS.items() if not spec.transposed)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layer", NHWC_LAYERS)
+#: every layer in float16; bfloat16 differs from it only in the mma's type name, TF32 in its
+#: fragment loads: each on the layers whose staging differs (vectors, channel blocks, no vectors)
+NHWC_CASES = [(layer, "float16") for layer in NHWC_LAYERS] + [
+    (layer, dtype) for dtype in ("bfloat16", "tf32") for layer in ("dense3x3", "channel_blocks", "odd_channels")]
+
+
+@pytest.mark.parametrize("layer,dtype", NHWC_CASES)
 def test_nhwc_schedule_computes_torchs_numbers(layer, dtype):
     """channels_last input and output, ``[co, kh, kw, ci]`` weight, K ordered (kh, kw, c)."""
     _emulate_and_compare(layer, dtype, "sm_90", "NHWC")
