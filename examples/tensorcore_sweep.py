@@ -194,6 +194,7 @@ def run(args) -> None:
             continue
         results.append(dict(entry, ms=ms, tflops=entry["flops"] / ms / 1e9, cudnn_ms=cudnn_ms,
                             cudnn_channels_last_ms=cudnn_cl_ms, error=error))
+        Path(args.results).write_text(json.dumps(results, indent=1))     # kept if the run is cut short
         print(f"{entry['layer'][:44]:44s} {entry['dtype']:8s} {entry['library']:10s} "
               f"{'hand' if entry['hand'] else '    '} {ms:8.4f} ms {results[-1]['tflops']:7.1f} TF/s  "
               f"cuDNN {cudnn_ms:7.4f} / CL {cudnn_cl_ms:7.4f}  err {error:.1e}  {entry['config']}", flush=True)
