@@ -172,3 +172,24 @@ def test_channels_last_depthwise_with_a_fused_epilogue_and_a_permuted_input():
     odd = compiler.Conv2d(5, 5, 3, padding=1, groups=5)
     assert_matches_torch(odd, torch.randn(1, 5, 6, 6).contiguous(memory_format=torch.channels_last))
     assert odd.last_request.layout == "NCHW" and odd.schedule == "cpu-depthwise"
+
+
+def test_channels_last_depthwise_gradients_are_torchs():
+    """Autograd through the NHWC kernel: the input gradient comes back channels_last, as torch's, and
+    both gradients match torch's in float64 (the backward kernels read NCHW copies)."""
+    import compiler
+    torch.manual_seed(0)
+    ours = compiler.Conv2d(16, 16, 3, padding=1, groups=16, dtype=torch.float64)
+    theirs = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = ours(x1)
+    g = torch.randn_like(y)
+    y.backward(g)
+    theirs(x2).backward(g)
+    assert ours.last_request.layout == "NHWC" and x1.grad.is_contiguous(memory_format=torch.channels_last)
+    # float64 sums of at most 84 products (the weight gradient's 2 x 6 x 7 pixels) of O(1) values:
+    # both sides within 84 u (|x| |g| summed, < 300) ~ 3e-12 of the exact value
+    for a, b in ((x1.grad, x2.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=2 * 84 * 2.0 ** -53 * 300)
