@@ -1,5 +1,6 @@
 """The benchmark runs end to end (its numbers are read by people, not asserted) and parses layers safely."""
 import json
+import re
 
 import pytest
 import torch
@@ -78,4 +79,10 @@ def test_prepared_gpu_script_checks_its_commands_here(tmp_path):
     done = subprocess.run(["bash", "examples/gpu_check.sh", "dry"], cwd=root, capture_output=True, text=True,
                           env=dict(os.environ, OUT=str(tmp_path)), timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("arguments checked") == 7
+    script = (root / "examples" / "gpu_check.sh").read_text()
+    block = script[script.index("SETTINGS=("):]
+    settings = re.findall(r'^  "([\w-]+):([^"]*)"$', block[:block.index("\n)\n")], re.M)
+    assert len(settings) >= 6
+    for _, flags in settings:                        # each setting, then the tuning command
+        assert f"bench {flags.strip()}: arguments checked" in done.stdout
+    assert done.stdout.count("arguments checked") == len(settings) + 1
