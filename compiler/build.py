@@ -187,9 +187,9 @@ def get_kernel(request: KernelRequest, target: Target, prepacked: bool = False, 
                     if request.layout == NCHW:
                         raise
                     nchw = dataclasses.replace(request, layout=NCHW)
-                    kernel = _CACHE.get(_cache_key(nchw, target, prepacked, database)) or \
-                        compile_kernel(nchw, target, prepacked, database)
-                    _CACHE[_cache_key(nchw, target, prepacked, database)] = kernel
+                    nchw_key = _cache_key(nchw, target, prepacked, database)
+                    kernel = _CACHE.get(nchw_key) or compile_kernel(nchw, target, prepacked, database)
+                    _CACHE[nchw_key] = kernel
             _CACHE[key] = kernel
     return kernel
 

@@ -80,10 +80,9 @@ def _compute(shape, fcompute, name: str, layout: str) -> _Physical:
                      layout)
 
 
-def _zero_pad(x, top: int, bottom: int, left: int, right: int) -> _Physical:
-    """``x`` (a tensor, or a :class:`_Physical` view) with zero rows/columns around its spatial axes
-    (stage ``pad``, in ``x``'s layout), indexed in NCHW order."""
-    x = x if isinstance(x, _Physical) else _Physical(x)
+def _zero_pad(x: _Physical, top: int, bottom: int, left: int, right: int) -> _Physical:
+    """``x`` with zero rows/columns around its spatial axes (stage ``pad``, in ``x``'s layout),
+    indexed in NCHW order."""
     n, c, h, w = x.shape
     return _compute((n, c, h + top + bottom, w + left + right), lambda b, ch, i, j: tirx.if_then_else(
         tirx.all(i >= top, i < h + top, j >= left, j < w + left), x[b, ch, i - top, j - left],

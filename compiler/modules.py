@@ -202,8 +202,7 @@ class _ConvBase(nn.Module):
         out = ops.in_torchs_format(y, x, self.weight)
         if kernel is not None and batched and spec is None and self._repeatable(x, out is y, residual, layout):
             parameters = tuple(args[1:len(args) - (residual is not None)])
-            self.__dict__["_repeat_record"] = (self._repeat_key(x, residual), kernel, out_shape, parameters,
-                                               layout == NHWC)
+            self.__dict__["_repeat_record"] = (self._repeat_key(x, residual), kernel, out_shape, parameters)
         return out if batched else out.squeeze(0)
 
     # ------------------------------------------------------------ a repeated inference call
@@ -247,10 +246,10 @@ class _ConvBase(nn.Module):
             return None
         if ops.needs_operator(x, self._parameters["weight"], self._parameters["bias"], residual):
             return None
-        key, kernel, out_shape, parameters, nhwc = hit
+        key, kernel, out_shape, parameters = hit
         if self._repeat_key(x, residual) != key:
             return None
-        if nhwc:            # channels_last bytes as the NHWC kernel reads and writes them
+        if kernel.request.layout == NHWC:       # channels_last bytes as the NHWC kernel reads and writes them
             y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
             tensors = (x.permute(0, 2, 3, 1), *parameters) + (() if residual is None else
                                                               (residual.permute(0, 2, 3, 1),))

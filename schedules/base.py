@@ -136,7 +136,7 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     ones; rules are offered pre-packed weights only when ``prepacked``.
     """
     for rule in rules:
-        if workload.operator not in rule.operators or workload.layout not in rule.layouts:
+        if not rule.takes(workload, target):
             continue
         block = rule.weight_block(workload, target) if prepacked else None
         sch = rule.apply(make_func(block), workload, target)

@@ -139,7 +139,7 @@ def test_channels_last_on_the_gpu_reads_nhwc_in_place(variant, dtype, weights):
     with torch.no_grad():
         y2 = m(x2)
     record = m.__dict__.get("_repeat_record")      # an NCHW kernel copies a channels_last input: no record
-    assert (record is not None and record[-1]) == nhwc
+    assert (record is not None and record[1].request.layout == "NHWC") == nhwc
     assert y2.is_contiguous(memory_format=torch.channels_last)
     assert_output_matches(m, x2, y2)
 

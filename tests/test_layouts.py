@@ -144,7 +144,8 @@ def test_channels_last_depthwise_reads_nhwc_in_place_on_the_cpu(case, dtype):
     x2 = torch.randn_like(x)
     with torch.no_grad():
         y2 = m(x2)
-    assert m.__dict__["_repeat_record"][-1] and y2.is_contiguous(memory_format=torch.channels_last)
+    assert m.__dict__["_repeat_record"][1].request.layout == "NHWC"
+    assert y2.is_contiguous(memory_format=torch.channels_last)
     assert_output_matches(m, x2, y2)
 
 
