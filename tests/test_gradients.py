@@ -324,6 +324,34 @@ def test_cuda_gradient_kernels_compile_with_nvcc_and_compute_torchs_numbers(case
         assert_within_bound(y, exact, magnitude, (1 + pt + pb) * (1 + pl + pr) + 9)
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 28, 28), (3, 4, 14, 14), (2, 3, 7, 7), (1, 2, 13, 17), (2, 3, 37, 1), (2, 3, 1, 1),
+                                   (1, 6, 112, 112)])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_cpu_bias_gradient_of_every_plane_size(shape, dtype):
+    """The CPU sum runs each plane in vector partial sums of the plane's largest divisor up to four
+    registers (28x28: 28 lanes, 13x17: 17, 37x1: 1, a scalar sum): every split against torch's float64
+    sum."""
+    gy = torch.randn(shape, dtype=TORCH[dtype])
+    n, _, h, w = shape
+    assert_within_bound(gradients.conv_bias_grad(gy), gy.double().sum((0, 2, 3)),
+                        gy.double().abs().sum((0, 2, 3)), n * h * w)
+
+
+@pytest.mark.parametrize("shape, dtype, lanes", [((1, 5, 28, 28), "float32", 28), ((2, 5, 56, 56), "float32", 32),
+                                                ((1, 5, 56, 56), "float64", 16), ((1, 2, 13, 17), "float32", 17),
+                                                ((1, 2, 37, 1), "float32", None)])
+def test_cpu_bias_gradient_vector_width(shape, dtype, lanes):
+    """The partial sums are as wide as the docstring says on an AVX2 CPU (4 registers of 8 float32
+    or 4 float64 lanes), and a plane of prime size keeps the scalar sum."""
+    from tvm import te
+    func = te.create_prim_func(gradients.compute.bias_grad(shape, dtype))
+    script = schedule_bias_grad(func, resolve({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})).mod.script()
+    if lanes is None:
+        assert "sum_rf" not in script and "T.vectorized" not in script
+    else:
+        assert f"T.vectorized({lanes})" in script and "sum_rf" in script
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cuda_bias_gradient_compiles_and_computes_torchs_numbers(dtype):
     gpu = resolve("cuda/sm_80")
