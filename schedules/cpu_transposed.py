@@ -29,13 +29,23 @@ from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces
                         split_blocked_tiles)
 
 
+#: Tasks (images x channel tiles) per core from which the direct form runs a task per channel tile
+#: and image, phases and interleave inside: fewer would leave cores idle at the end.  Measured on
+#: znver3, 2 threads, input gradients of depthwise layers (ms, rows of tasks -> tasks of planes):
+#: (64, 64, 3, stride=2) on 1x64x112x112 0.52 -> 0.39, (96, 96, 5, stride=2) on 2x96x56x56 0.82 ->
+#: 0.54, (32, 32, 3) on 1x32x112x112 0.24 -> 0.18.
+PLANE_TASKS_PER_CORE = 4
+
+
 class CpuTransposed(ScheduleRule):
     name = "cpu-transposed-phase"
     #: 2: the direct form's channel and column tiles are sampling decisions (the hand's the defaults);
     #: 3: the channel-vector form's chunk and pixel tiles too;
     #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``),
-    #: and its column tile of whole architectural registers as cpu-direct's (AVX2: 8 columns)
-    version = 4
+    #: and its column tile of whole architectural registers as cpu-direct's (AVX2: 8 columns);
+    #: 5: the direct form a task per channel tile and image where there are tasks enough
+    #: (``PLANE_TASKS_PER_CORE``), its interleave inside
+    version = 5
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:
@@ -120,22 +130,37 @@ class CpuTransposed(ScheduleRule):
         # padding=1) on 28x28 1.44 -> 0.84; the depthwise stride-2 (144, 144, 3) on 28x28 0.54 -> 0.65)
         columns = extent(qw)
         cfg = choose_config(extent(co), columns, lanes, registers, native_lanes(workload, target))
-        # Step 1. Register tile of output channels x phase columns, phases outermost; both tiles
-        # are the design space's decisions (a search tries register-file-sized others).
+        # Step 1. Register tile of output channels x phase columns; both tiles are the design
+        # space's decisions (a search tries register-file-sized others).  With tasks enough, a task
+        # is a tile of channels of an image, all its phases and its interleave inside (the phases
+        # stay in L1/L2 for the interleave to read); else phases outermost, a task per row of tiles.
         co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
         qw_o, qw_i = tunable_split(sch, qw, cfg.ow_tile, max_tile=2 * lanes)
         # The phase loops stay serial outside the parallel loop: fusing them into it made TVM 0.27
         # lower wrong input indices for some shapes (seen with 1x1 kernels, stride 2).
-        sch.reorder(ph, pw, n, co_o, qh, qw_o, rc, rh, rw, co_i, qw_i)
-        sch.parallel(sch.fuse(n, co_o, qh))
+        tasks = extent(n) * extent(co_o)
+        per_plane = tasks >= PLANE_TASKS_PER_CORE * cpu_info(target).num_cores
+        if per_plane:
+            sch.reorder(n, co_o, ph, pw, qh, qw_o, rc, rh, rw, co_i, qw_i)
+            task = sch.fuse(n, co_o)
+        else:
+            sch.reorder(ph, pw, n, co_o, qh, qw_o, rc, rh, rw, co_i, qw_i)
+            task = sch.fuse(n, co_o, qh)
+        sch.parallel(task)
         # Step 2. Accumulate in registers; write the tile back once (a last, partial tile of
         # columns on its own: ``partial_tile_pieces``).
         for piece in partial_tile_pieces(sch, conv, qw_o, columns, cfg.ow_tile):
             accumulate_in_registers(sch, piece)
-        # Step 3. Interleave the phases into NCHW with the bias, in parallel.
+        # Step 3. Interleave the phases into NCHW with the bias: per task, while its phases are in
+        # cache, or as a parallel pass of its own.  Rows are vectorised a register at a time: each
+        # vector gathers from the phases.
         sch.compute_inline(sch.get_sblock("interleave"))
-        # Rows are vectorised a register at a time: each vector gathers from the phases.
-        on, oc, oh, ow = sch.get_loops(sch.get_sblock("output"))
+        out = sch.get_sblock("output")
+        if per_plane:
+            sch.reverse_compute_at(out, task)
+            vectorize_pieces(sch, sch.get_loops(out)[-1], lanes)
+            return sch
+        on, oc, oh, ow = sch.get_loops(out)
         sch.parallel(sch.fuse(on, oc))
         vectorize_pieces(sch, ow, lanes)
         return sch
