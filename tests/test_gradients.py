@@ -30,6 +30,12 @@ CONV2D = {
     "depthwise": (ConvSpec.conv2d(16, 16, 3, padding=1, groups=16), (1, 16, 8, 9)),
     "depthwise_s2": (ConvSpec.conv2d(16, 16, 5, stride=2, padding=2, groups=16), (1, 16, 11, 12)),
     "depthwise_x2": (ConvSpec.conv2d(3, 6, 3, padding=1, groups=3), (1, 3, 7, 6)),
+    # depthwise with taps few enough for registers (the weight gradient's columns form, each task
+    # padding its planes): strides, dilation, a padding mode, a batch, odd widths, 1-wide kernels
+    "depthwise_3x3_s2": (ConvSpec.conv2d(12, 12, 3, stride=2, padding=1, groups=12), (3, 12, 13, 18)),
+    "depthwise_dilated_reflect": (ConvSpec.conv2d(5, 5, 3, padding=2, dilation=2, groups=5,
+                                                  padding_mode="reflect"), (2, 5, 9, 11)),
+    "depthwise_3x1_s21": (ConvSpec.conv2d(8, 8, (3, 1), stride=(2, 1), padding=(1, 0), groups=8), (1, 8, 10, 17)),
     "same_even": (ConvSpec.conv2d(4, 5, 4, padding="same"), (1, 4, 7, 8)),
     "valid_stride_remainder": (ConvSpec.conv2d(4, 5, 3, stride=3, padding="valid"), (1, 4, 11, 10)),
     "reflect": (ConvSpec.conv2d(4, 4, 3, padding=1, padding_mode="reflect"), (2, 4, 6, 7)),
@@ -49,6 +55,8 @@ CONV_TRANSPOSE2D = {
     "grouped_asym": (ConvSpec.conv_transpose2d(6, 9, (2, 3), stride=(3, 2), padding=(1, 0), groups=3,
                                                output_padding=(2, 1), bias=False), (2, 6, 4, 5)),
     "k_not_multiple": (ConvSpec.conv_transpose2d(5, 3, 5, stride=2, padding=2, output_padding=1), (1, 5, 4, 3)),
+    "depthwise_3x3_s2": (ConvSpec.conv_transpose2d(16, 16, 3, stride=2, padding=1, output_padding=1, groups=16),
+                         (2, 16, 6, 7)),
 }
 TORCH = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
          "bfloat16": torch.bfloat16}
@@ -115,8 +123,8 @@ def test_transposed_output_padding_of_the_call():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("case", ["vector_3x3", "depthwise", "reflect", "same_even", "t:vector_4x4_s2",
-                                  "t:dilation_over_stride"])
+@pytest.mark.parametrize("case", ["vector_3x3", "depthwise", "depthwise_3x3_s2", "reflect", "same_even",
+                                  "t:vector_4x4_s2", "t:dilation_over_stride"])
 def test_gradients_in_each_dtype(case, dtype):
     spec, shape = CONV_TRANSPOSE2D[case[2:]] if case.startswith("t:") else CONV2D[case]
     check_gradients(spec, shape, dtype)
@@ -231,18 +239,21 @@ def test_forward_rules_are_never_offered_gradient_kernels(operator):
 
 
 @pytest.mark.parametrize("case,path", [("vector_3x3", "vector"), ("vector8_1x1", "vector"),
-                                       ("depthwise", "vector"), ("depthwise_x2", "columns"),
-                                       ("3x3", "columns"), ("t:vector_4x4_s2", "vector")])
+                                       ("depthwise", "columns"), ("depthwise_s2", "vector"),
+                                       ("depthwise_x2", "columns"), ("3x3", "columns"),
+                                       ("t:vector_4x4_s2", "vector")])
 def test_weight_grad_rule_paths(case, path, monkeypatch):
-    """The channel-vector schedule serves vector-divisible channels (and depthwise), columns the rest;
-    both give torch's numbers (the grid above) — here, that each path is the one taken."""
+    """On an AVX2 CPU (16 registers) the channel-vector schedule serves vector-divisible channels
+    and depthwise layers of more taps than registers (5x5), columns the rest (depthwise 3x3 in
+    registers); both give torch's numbers (the grid above) — here, that each path is the one taken."""
     spec, shape = CONV_TRANSPOSE2D[case[2:]] if case.startswith("t:") else CONV2D[case]
     taken = []
     for method in ("_apply_channel_vector", "_apply_columns"):
         original = getattr(CpuWeightGrad, method)
         monkeypatch.setattr(CpuWeightGrad, method, lambda self, *a, _o=original, _m=method, **k:
                             taken.append(_m) or _o(self, *a, **k))
-    build.schedule(KernelRequest(spec, shape, "float32", operator=WEIGHT_GRAD), host_target())
+    avx2 = resolve({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
+    build.schedule(KernelRequest(spec, shape, "float32", operator=WEIGHT_GRAD), avx2)
     assert taken == ["_apply_channel_vector" if path == "vector" else "_apply_columns"]
 
 
