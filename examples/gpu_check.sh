@@ -44,7 +44,11 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "bf16-b32-cl:--dtype bfloat16 --batch 32 --channels-last"
   "f32-tf32-b32-cl:--dtype float32 --tf32 --batch 32 --channels-last"
   "f16-b1-cl:--dtype float16 --batch 1 --channels-last"
+  "bwd-f32-b8:--backward --dtype float32 --batch 8"
+  "bwd-f16-b32:--backward --dtype float16 --batch 32"
 )
+#: bwd-*: a training step per layer (forward, input, weight and bias gradients) against cuDNN's (the
+#: drop-in issue's goal), e.g. `bench bwd-f32-b8 bwd-f16-b32` on a short lease
 #: the NHWC lease (``nhwc``): what channels_last kernels need measured, most wanted first, seconds each
 NHWC_BENCHES=("f16-b32-cl:80" "bf16-b32-cl:70" "f32-tf32-b32-cl:70" "f16-b1-cl:50")
 
