@@ -9,6 +9,11 @@ Applies when every vector of channels stays inside one group (``out_channels/gro
 and a good column tile divides the output width, or, where a vector takes two registers (AVX2),
 whatever the width, through the blocked variant.
 
+NHWC (channels_last tensors, read and written in place): the same schedules, on the NHWC compute's
+``conv`` looped and indexed in NCHW order (``_schedule``); the padded input stays NHWC (each
+broadcast reads it as cheaply), and the epilogue's vectors are then contiguous runs of channels.
+Taps reading zero padding are not dropped there (the analysis reads NCHW iteration variables).
+
 The blocked variant (``cpu_tiles``: a task per channel vector, the reduction in L1-sized chunks, a
 register tile sized to the register file, taps reading zero padding dropped) serves, whatever their
 width, deep reductions (ASPP's 2048 input channels x 3x3: 1.2 MB of weights per channel vector),
@@ -46,6 +51,7 @@ def column_tile(out_width: int, stride: int, lanes: int, registers: int):
 
 class CpuChannelVector(ScheduleRule):
     name = "cpu-channel-vector"
+    layouts = ("NCHW", "NHWC")
     #: 2: its column tile, and the blocked variant's chunk and pixel tiles, are sampling decisions
     #: (the hand's the defaults); 3: the blocked variant's tasks take rows of tiles too where
     #: images x channel vectors are fewer than the cores (``row_bands``)
@@ -72,7 +78,8 @@ class CpuChannelVector(ScheduleRule):
         _, _, height, width = workload.output_shape
         sums = height * width * lanes * DTYPE_BYTES[workload.accumulate_dtype]
         tiles = blocked_tiles(s_tir.Schedule(func), workload, target, lanes, spec.in_channels // spec.groups,
-                              spec.kernel_size, (height, width), sums, zero_padding=spec.padding_mode == "zeros")
+                              spec.kernel_size, (height, width), sums,
+                              zero_padding=spec.padding_mode == "zeros" and workload.layout == "NCHW")
         ow_tile = column_tile(workload.output_shape[3], spec.stride[1], lanes, cpu_info(target).vector_registers)
         # The plain tile can spill (AVX2: 7-8 columns x a 16-lane vector are 14-16 of the 16
         # registers); the blocked variant's tile fits them, measured 2x faster on znver3 for the
@@ -88,12 +95,12 @@ class CpuChannelVector(ScheduleRule):
             return self._apply_blocked(func, workload, target, lanes, tiles)
         if ow_tile is None:
             return None
-        sch = s_tir.Schedule(func)
+        sch = _schedule(func, workload)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. Padded input materialised once, in parallel; weights packed channel-vector-last
         # here unless the caller passes them pre-packed (the modules do, once per weight change).
         schedule_pad(sch, workload, by_rows=True)
-        pack_weights_at_root(sch, conv, lanes)
+        pack_weights_at_root(sch, conv, lanes, workload.layout)
         # Step 2. Register tile: a vector of channels x ow_tile columns, the reduction around it.
         # The column tile is the design space's decision (up to a column per register).
         n, co, oh, ow, rc, rh, rw = sch.get_loops(conv)
@@ -115,7 +122,7 @@ class CpuChannelVector(ScheduleRule):
         return sch
 
     def _apply_blocked(self, func, workload, target, lanes: int, tiles: BlockedTiles):
-        sch = s_tir.Schedule(func)
+        sch = _schedule(func, workload)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("output")
         # Step 1. The padding: materialised in parallel, or read through its index map where the
         # taps that read only zeros are dropped (step 4).
@@ -123,7 +130,7 @@ class CpuChannelVector(ScheduleRule):
             sch.compute_inline(sch.get_sblock("pad"))
         else:
             schedule_pad(sch, workload, by_rows=True)
-        pack_weights_at_root(sch, conv, lanes)
+        pack_weights_at_root(sch, conv, lanes, workload.layout)
         # Step 2. A task per (image, channel vector); the reduction in chunks of input channels,
         # each chunk's weights reused by every pixel tile of the task (the chunk and the pixel
         # tile: the design space's decisions, ``split_blocked_tiles``).
@@ -168,12 +175,29 @@ def row_bands(workload, target, lanes: int, tiles: BlockedTiles) -> bool:
     return tasks < cpu_info(target).num_cores and height % tiles.rows == 0 and not tiles.skips_dead_taps
 
 
-def pack_weights_at_root(sch: s_tir.Schedule, conv, lanes: int) -> None:
-    """Pack torch-layout conv2d weights channel-vector-last inside the kernel (exported libraries);
-    pre-packed weights (5-d) are left alone."""
+def _schedule(func, workload) -> s_tir.Schedule:
+    """A Schedule of ``func`` whose ``conv`` loops run ``n, co, oh, ow, rc, rh, rw`` over sums indexed
+    ``[n, co, oh, ow]``, as the rule's steps expect: NHWC's conv (looped and stored ``n, oh, ow, co``,
+    reducing ``rh, rw, rc``) reordered and re-indexed; NCHW's as it is (its traces unchanged)."""
+    sch = s_tir.Schedule(func)
+    if workload.layout == "NHWC":
+        conv = sch.get_sblock("conv")
+        _, oh, ow, co, rh, rw, rc = sch.get_loops(conv)
+        sch.reorder(co, oh, ow, rc, rh, rw)
+        sch.transform_layout(conv, ("write", 0), lambda n, h, w, c: (n, c, h, w))
+    return sch
+
+
+def pack_weights_at_root(sch: s_tir.Schedule, conv, lanes: int, layout: str = "NCHW") -> None:
+    """Pack torch-layout conv2d weights (NHWC: ``[co, kh, kw, ci]``) channel-vector-last inside the
+    kernel (exported libraries); pre-packed weights (5-d) are left alone."""
     weight = next(r.source for r in sch.get(conv).reads if r.source.name == "weight")
     if len(weight.shape) == 4:
         packed = sch.cache_read(conv, "weight", "global")
-        sch.transform_layout(packed, ("write", 0),
-                             lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
+        if layout == "NHWC":
+            sch.transform_layout(packed, ("write", 0),
+                                 lambda co, kh, kw, ci: (co // lanes, ci, kh, kw, co % lanes))
+        else:
+            sch.transform_layout(packed, ("write", 0),
+                                 lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
         sch.parallel(sch.get_loops(packed)[0])

@@ -65,8 +65,9 @@ def test_nhwc_is_a_forward_conv2d_layout():
         KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NHWC", operator="weight_grad")
     with pytest.raises(ValueError, match="not supported"):
         KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NCWH")
-    with pytest.raises(NoRule):             # no CPU rule reads NHWC (a CPU call never asks for it)
-        build.schedule(KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NHWC"), host_target())
+    odd = ConvSpec.conv2d(16, 6, 3, padding=1)
+    with pytest.raises(NoRule):             # no CPU rule reads NHWC for 6 dense output channels
+        build.schedule(KernelRequest(odd, (1, 16, 8, 8), "float32", layout="NHWC"), host_target())
 
 
 @pytest.mark.parametrize("layer,shape,layout,rule", [
@@ -86,8 +87,9 @@ def test_a_gpu_call_asks_for_nhwc_and_falls_back_to_nchw(layer, shape, layout, r
 
 
 def test_channels_last_cpu_calls_ask_for_nhwc_and_take_nchw_where_no_rule_reads_it():
-    """A channels_last CPU input asks for NHWC (torch's output is channels_last); only depthwise
-    layers have an NHWC CPU rule, so a dense layer takes the NCHW kernel (input copied in, output out)."""
+    """A channels_last CPU input asks for NHWC (torch's output is channels_last); the CPU's NHWC rules
+    (depthwise, and channel vectors: output channels per group a multiple of the vector) decline 6
+    output channels, so the layer takes the NCHW kernel (input copied in, output out)."""
     x = torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     w = torch.randn(6, 4, 3, 3)
     assert ops.kernel_layout(x, w) == "NHWC" and ops.kernel_layout(x.contiguous(), w) == "NCHW"
@@ -194,3 +196,80 @@ def test_channels_last_depthwise_gradients_are_torchs():
     # both sides within 84 u (|x| |g| summed, < 300) ~ 3e-12 of the exact value
     for a, b in ((x1.grad, x2.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad)):
         torch.testing.assert_close(a, b, rtol=0, atol=2 * 84 * 2.0 ** -53 * 300)
+
+
+# the CPU's dense NHWC kernels: cpu-channel-vector on channels_last tensors (ConvNeXt's downsampling
+# layers, channels_last networks), plain and blocked variants, every padding mode, groups, dilation
+DENSE = [
+    ((96, 32, 2), {"stride": 2}, (1, 96, 12, 14)),
+    ((16, 32, 3), {"padding": 1}, (2, 16, 9, 10)),
+    ((8, 16, 3), {"stride": 2, "padding": 2, "dilation": 2, "bias": False}, (1, 8, 13, 11)),
+    ((12, 32, 3), {"padding": 1, "padding_mode": "reflect", "groups": 2}, (1, 12, 7, 9)),
+    ((32, 16, 1), {}, (3, 32, 5, 7)),
+    ((4, 16, (5, 3)), {"padding": (2, 1), "padding_mode": "circular"}, (1, 4, 8, 6)),
+    ((64, 64, 3), {"padding": "same", "padding_mode": "replicate"}, (1, 64, 6, 6)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(DENSE)))
+def test_channels_last_dense_layers_read_nhwc_in_place_on_the_cpu(case, dtype):
+    """The kernel is NHWC (``cpu-channel-vector``), its output torch's channels_last one, its values
+    within the dtype's bound; a repeated call on new values takes the same kernel."""
+    import compiler
+    args, kw, shape = DENSE[case]
+    m = compiler.Conv2d(*args, **kw, dtype=dtype)
+    x = torch.randn(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = assert_matches_torch(m, x)
+    assert m.last_request.layout == "NHWC" and m.schedule == "cpu-channel-vector"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        y2 = m(x2)
+    assert m.__dict__["_repeat_record"][1].request.layout == "NHWC"
+    assert_output_matches(m, x2, y2)
+
+
+def test_channels_last_dense_kernel_packs_an_ohwi_weight_itself():
+    """Without pre-packed weights (exported libraries pack inside the kernel), the NHWC kernel takes
+    the channels_last weight's own bytes, ``[co, kh, kw, ci]``."""
+    spec = ConvSpec.conv2d(16, 32, 3, padding=1)
+    request = KernelRequest(spec, (2, 16, 7, 9), "float64", layout="NHWC")
+    kernel = build.get_kernel(request, host_target(), prepacked=False, database=False)
+    assert kernel.schedule == "cpu-channel-vector" and kernel.weight_block is None
+    x, w, b = torch.randn(2, 16, 7, 9, dtype=torch.float64), torch.randn(32, 16, 3, 3, dtype=torch.float64), \
+        torch.randn(32, dtype=torch.float64)
+    y = torch.empty(2, 7, 9, 32, dtype=torch.float64)
+    kernel(x.permute(0, 2, 3, 1).contiguous(), w.permute(0, 2, 3, 1).contiguous(), b, y)
+    exact = torch.nn.functional.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(y.permute(0, 3, 1, 2), exact, rtol=0, atol=1e-12)
+
+
+def test_channels_last_dense_fused_epilogue_and_gradients():
+    """A channels_last residual and ReLU in the dense NHWC kernel's epilogue; autograd through it gives
+    torch's gradients (float64) and a channels_last input gradient."""
+    import compiler
+    from compiler.fusion import FusedConv2d
+    m = FusedConv2d(16, 32, 3, padding=1, dtype=torch.float64)
+    m.epilogue = Epilogue(("add", "relu"))
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 32, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = m(x, residual)
+    exact = torch.relu(torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1) + residual)
+    assert m.last_request.layout == "NHWC" and y.is_contiguous(memory_format=torch.channels_last)
+    # float64 sums of 144 products and a residual, O(1) values: within 150 u x 300 of the exact value
+    torch.testing.assert_close(y, exact, rtol=0, atol=150 * 2.0 ** -53 * 300)
+    ours = compiler.Conv2d(16, 32, 3, padding=1, dtype=torch.float64)
+    theirs = torch.nn.Conv2d(16, 32, 3, padding=1, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ours(x1)
+    g = torch.randn_like(out)
+    out.backward(g)
+    theirs(x2).backward(g)
+    assert ours.last_request.layout == "NHWC" and x1.grad.is_contiguous(memory_format=torch.channels_last)
+    # float64 sums of at most 84 products (the weight gradient's 2 x 6 x 7 pixels; the input
+    # gradient's 32 x 9 = 288 taps) of O(1) values: within 288 u x 1000 of each other
+    for a, b in ((x1.grad, x2.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=2 * 288 * 2.0 ** -53 * 1000)

@@ -45,6 +45,9 @@ CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("sm_80", "Conv2d(32, 32, 3, padding=1)", "1,32,16,16", "float16"),
          # channels_last calls' NHWC kernels (prepacked weights, as the modules take them)
          ("znver3", "Conv2d(96, 96, 7, padding=3, groups=96)", "1,96,56,56", "float32", "NHWC"),
+         ("znver3", "Conv2d(96, 192, 2, stride=2)", "1,96,56,56", "float32", "NHWC"),
+         ("znver3", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32", "NHWC"),
+         ("znver4", "Conv2d(256, 256, 3, padding=1)", "1,256,14,14", "float32", "NHWC"),
          ("sm_90", "Conv2d(128, 128, 3, padding=1)", "32,128,28,28", "float16", "NHWC")]
 
 
