@@ -44,7 +44,7 @@ class CpuTransposed(ScheduleRule):
     #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``),
     #: and its column tile of whole architectural registers as cpu-direct's (AVX2: 8 columns);
     #: 5: the direct form a task per channel tile and image where there are tasks enough
-    #: (``PLANE_TASKS_PER_CORE``), its interleave inside
+    #: (``PLANE_TASKS_PER_CORE``), its interleave inside, scalar where there are several phases
     version = 5
 
     def apply(self, func, workload, target):
@@ -128,7 +128,7 @@ class CpuTransposed(ScheduleRule):
         # 16- -> 8-column tiles: ConvTranspose2d(256, 256, 3, padding=1, groups=32) on 28x28 0.94 ->
         # 0.60 ms, (64, 64, 3, padding=1, groups=64) on 56x56 0.46 -> 0.22, (96, 12, 3, stride=2,
         # padding=1) on 28x28 1.44 -> 0.84; the depthwise stride-2 (144, 144, 3) on 28x28 0.54 -> 0.65)
-        columns = extent(qw)
+        columns, one_phase = extent(qw), extent(ph) * extent(pw) == 1
         cfg = choose_config(extent(co), columns, lanes, registers, native_lanes(workload, target))
         # Step 1. Register tile of output channels x phase columns; both tiles are the design
         # space's decisions (a search tries register-file-sized others).  With tasks enough, a task
@@ -152,15 +152,20 @@ class CpuTransposed(ScheduleRule):
         for piece in partial_tile_pieces(sch, conv, qw_o, columns, cfg.ow_tile):
             accumulate_in_registers(sch, piece)
         # Step 3. Interleave the phases into NCHW with the bias: per task, while its phases are in
-        # cache, or as a parallel pass of its own.  Rows are vectorised a register at a time: each
-        # vector gathers from the phases.
+        # cache, or as a parallel pass of its own.  One phase (stride 1) is a copy, its rows
+        # vectorised a register at a time; with more, a vector would gather lane by lane from the
+        # phases, and scalar code ran faster (znver3, 2 threads, input gradients of depthwise
+        # layers: (144, 144, 3, stride=2) on 1x144x56x56 0.38 -> 0.29 ms, (64, 64, 3, stride=2) on
+        # 1x64x112x112 0.38 -> 0.22; ConvTranspose2d(32, 3, 4, stride=2) on 64x64 0.25 -> 0.16).
         sch.compute_inline(sch.get_sblock("interleave"))
         out = sch.get_sblock("output")
         if per_plane:
             sch.reverse_compute_at(out, task)
-            vectorize_pieces(sch, sch.get_loops(out)[-1], lanes)
+            if one_phase:
+                vectorize_pieces(sch, sch.get_loops(out)[-1], lanes)
             return sch
         on, oc, oh, ow = sch.get_loops(out)
         sch.parallel(sch.fuse(on, oc))
-        vectorize_pieces(sch, ow, lanes)
+        if one_phase:
+            vectorize_pieces(sch, ow, lanes)
         return sch
