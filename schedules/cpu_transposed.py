@@ -136,7 +136,7 @@ class CpuTransposed(ScheduleRule):
         # stay in L1/L2 for the interleave to read); else phases outermost, a task per row of tiles.
         co_o, co_i = tunable_split(sch, co, cfg.co_tile, max_tile=registers)
         qw_o, qw_i = tunable_split(sch, qw, cfg.ow_tile, max_tile=2 * lanes)
-        # The phase loops stay serial outside the parallel loop: fusing them into it made TVM 0.27
+        # The phase loops stay serial, never fused into the parallel loop: fusing them made TVM 0.27
         # lower wrong input indices for some shapes (seen with 1x1 kernels, stride 2).
         tasks = extent(n) * extent(co_o)
         per_plane = tasks >= PLANE_TASKS_PER_CORE * cpu_info(target).num_cores
