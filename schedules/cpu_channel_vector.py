@@ -194,10 +194,7 @@ def pack_weights_at_root(sch: s_tir.Schedule, conv, lanes: int, layout: str = "N
     weight = next(r.source for r in sch.get(conv).reads if r.source.name == "weight")
     if len(weight.shape) == 4:
         packed = sch.cache_read(conv, "weight", "global")
-        if layout == "NHWC":
-            sch.transform_layout(packed, ("write", 0),
-                                 lambda co, kh, kw, ci: (co // lanes, ci, kh, kw, co % lanes))
-        else:
-            sch.transform_layout(packed, ("write", 0),
-                                 lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
+        blocks = (lambda co, kh, kw, ci: (co // lanes, ci, kh, kw, co % lanes)) if layout == "NHWC" else \
+            (lambda co, ci, kh, kw: (co // lanes, ci, kh, kw, co % lanes))
+        sch.transform_layout(packed, ("write", 0), blocks)
         sch.parallel(sch.get_loops(packed)[0])

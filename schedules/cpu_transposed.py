@@ -161,11 +161,10 @@ class CpuTransposed(ScheduleRule):
         out = sch.get_sblock("output")
         if per_plane:
             sch.reverse_compute_at(out, task)
-            if one_phase:
-                vectorize_pieces(sch, sch.get_loops(out)[-1], lanes)
-            return sch
-        on, oc, oh, ow = sch.get_loops(out)
-        sch.parallel(sch.fuse(on, oc))
+            row = sch.get_loops(out)[-1]
+        else:
+            on, oc, _, row = sch.get_loops(out)
+            sch.parallel(sch.fuse(on, oc))
         if one_phase:
-            vectorize_pieces(sch, ow, lanes)
+            vectorize_pieces(sch, row, lanes)
         return sch

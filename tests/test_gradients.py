@@ -58,6 +58,8 @@ CONV_TRANSPOSE2D = {
     "depthwise_3x3_s2": (ConvSpec.conv_transpose2d(16, 16, 3, stride=2, padding=1, output_padding=1, groups=16),
                          (2, 16, 6, 7)),
 }
+#: a fixed AVX2 CPU (16 vector registers, 8 float32 lanes each) for the tests of schedule choices
+AVX2 = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
 TORCH = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
          "bfloat16": torch.bfloat16}
 
@@ -252,8 +254,7 @@ def test_weight_grad_rule_paths(case, path, monkeypatch):
         original = getattr(CpuWeightGrad, method)
         monkeypatch.setattr(CpuWeightGrad, method, lambda self, *a, _o=original, _m=method, **k:
                             taken.append(_m) or _o(self, *a, **k))
-    avx2 = resolve({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
-    build.schedule(KernelRequest(spec, shape, "float32", operator=WEIGHT_GRAD), avx2)
+    build.schedule(KernelRequest(spec, shape, "float32", operator=WEIGHT_GRAD), resolve(AVX2))
     assert taken == ["_apply_channel_vector" if path == "vector" else "_apply_columns"]
 
 
@@ -356,7 +357,7 @@ def test_cpu_bias_gradient_vector_width(shape, dtype, lanes):
     or 4 float64 lanes), and a plane of prime size keeps the scalar sum."""
     from tvm import te
     func = te.create_prim_func(gradients.compute.bias_grad(shape, dtype))
-    script = schedule_bias_grad(func, resolve({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})).mod.script()
+    script = schedule_bias_grad(func, resolve(AVX2)).mod.script()
     if lanes is None:
         assert "sum_rf" not in script and "T.vectorized" not in script
     else:

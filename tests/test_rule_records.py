@@ -191,21 +191,19 @@ def test_shipped_cuda_records_still_serve():
         assert build.tuned_schedule(request, target, folder) is not None
 
 
-def _shipped_host_records():
-    """Suite layers a shipped record of this host's exact target serves as ``tuned:<hash>``."""
+def test_shipped_records_of_this_cpu_compute_torchs_numbers():
+    """Each searched record the shipped folder of this CPU serves (the suite tuned on it) is what a
+    module runs by default, and it computes torch's numbers.  (Found here, not at collection: finding
+    them schedules every suite layer's hand rule, ~11 s that every test run's collection would pay.)"""
+    from compiler.layers import parse_layer
     target = host_target()
     folder = records.SHIPPED / records.target_key(target)
     if not folder.is_dir():
-        return []
-    return [text for text, _ in DEFAULT_SUITE if build.tuned_schedule(_suite_request(text), target, folder)]
-
-
-@pytest.mark.parametrize("text", _shipped_host_records())
-def test_shipped_records_of_this_cpu_compute_torchs_numbers(text):
-    """A searched record the shipped folder of this CPU serves (the suite tuned on it) is what a module
-    runs by default, and it computes torch's numbers."""
-    from compiler.layers import parse_layer
-    m = parse_layer(text)
-    x = torch.randn(batched_shape(dict(DEFAULT_SUITE)[text]))
-    assert_matches_torch(m, x)
-    assert m.schedule.startswith("tuned:")
+        pytest.skip(f"no records are shipped for this CPU ({records.target_key(target)})")
+    served = [text for text, _ in DEFAULT_SUITE if build.tuned_schedule(_suite_request(text), target, folder)]
+    if not served:
+        pytest.skip(f"no searched record of {folder.name} beats its hand schedule")
+    for text in served:
+        m = parse_layer(text)
+        assert_matches_torch(m, torch.randn(batched_shape(dict(DEFAULT_SUITE)[text])))
+        assert m.schedule.startswith("tuned:"), text
