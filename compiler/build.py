@@ -15,7 +15,7 @@ from tvm import s_tir, te
 from tvm.target import Target
 
 from schedules import NoRule, Workload, apply_first, rules_for
-from schedules.base import mark_rule, schedule_weight_pack
+from schedules.base import finish, schedule_weight_pack
 
 from . import compute, library_cache, progress, records
 from .request import NCHW, KernelRequest
@@ -89,7 +89,7 @@ def alternatives(request: KernelRequest, target: Target) -> List[Scheduled]:
     rules = rules_for(target)
     rule, _, _ = apply_first(rules, lambda block: prim_func(request, block), workload_of(request), target)
     return [Scheduled(rule.name, sch.mod, None, sch.trace)
-            for sch in (rule.postprocess(mark_rule(alt, rule))
+            for sch in (finish(alt, rule)
                         for alt in rule.alternatives(prim_func(request), workload_of(request), target))]
 
 

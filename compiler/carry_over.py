@@ -63,10 +63,18 @@ def machine_code(mod: tvm.IRModule, target: Target) -> str:
     return "\n\n".join(parts)
 
 
-def _decisions(trace) -> str:
-    """A trace's sampling decisions, in order (an older hand schedule's are its rule's defaults)."""
+def _decisions(trace) -> List[str]:
+    """A trace's sampling decisions, in order, each as JSON."""
     _, decisions = trace.as_json(remove_postproc=True)
-    return json.dumps([d for _, d in decisions], default=records._plain)
+    return [json.dumps(d, default=records._plain) for _, d in decisions]
+
+
+def _defaults_of_older_version(decisions: List[str], defaults: List[str]) -> bool:
+    """Whether ``decisions`` can be an older version's hand schedule's: its rule's default decisions
+    then, which are the current defaults less the decisions later versions added (e.g. the unroll
+    depth): a subsequence of them."""
+    remaining = iter(defaults)
+    return all(d in remaining for d in decisions)
 
 
 def _replayed(trace, mod: tvm.IRModule) -> tvm.IRModule:
@@ -93,7 +101,7 @@ def carry_over(db_dir, target: Target, requests: Optional[Dict[str, object]] = N
         hand = build.schedule(request, target)
         kinds = records.classify(ranked, hand.trace, versions)
         defaults = _decisions(hand.trace)
-        old_hands = [r for r in kinds.stale if not records.samples(r.trace) or _decisions(r.trace) == defaults]
+        old_hands = [r for r in kinds.stale if _defaults_of_older_version(_decisions(r.trace), defaults)]
         if kinds.hand or not old_hands:
             continue
         current = machine_code(hand.mod, target)

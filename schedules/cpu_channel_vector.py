@@ -26,7 +26,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
+from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
                    tunable_split, vectorize_if_wide, vectorize_pieces)
 from .cpu_tiles import (DTYPE_BYTES, BlockedTiles, blocked_tiles, partition_pieces, pixel_tile_limit,
                         register_tile, split_blocked_tiles)
@@ -54,8 +54,10 @@ class CpuChannelVector(ScheduleRule):
     layouts = ("NCHW", "NHWC")
     #: 2: its column tile, and the blocked variant's chunk and pixel tiles, are sampling decisions
     #: (the hand's the defaults); 3: the blocked variant's tasks take rows of tiles too where
-    #: images x channel vectors are fewer than the cores (``row_bands``)
-    version = 3
+    #: images x channel vectors are fewer than the cores (``row_bands``); 4: the auto-unroll depth a
+    #: decision (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 4
+    unroll_steps = CPU_UNROLL_STEPS
 
     def weight_block(self, workload, target):
         """The channel vector: the accumulator's lanes, or one register's where only those divide the

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from .base import ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split, vectorize_if_wide
+from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split,
+                   vectorize_if_wide)
 from .cpu_direct import accumulate_in_registers, column_tile, epilogue_pass, partial_tile_pieces
 
 #: Taps above which the kernel-row loop stays rolled (the unrolled body would be rows x taps FMAs).
@@ -75,8 +76,10 @@ class CpuDepthwise(ScheduleRule):
     #: 2: planes 1.5-2 registers wide take whole rows x 2 rows; 3: rows and columns per register
     #: tile are sampling decisions (the hand's the defaults); 4: two registers of columns wherever no
     #: whole registers divide the width (28-wide planes: 2 rows x 14 columns), a last, partial
-    #: column tile a piece of its own (``partial_tile_pieces``)
-    version = 4
+    #: column tile a piece of its own (``partial_tile_pieces``); 5: the auto-unroll depth a decision
+    #: (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 5
+    unroll_steps = CPU_UNROLL_STEPS
 
     def apply(self, func, workload, target):
         spec = workload.spec

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, native_lanes
+from .base import CPU_UNROLL_STEPS, ScheduleRule, native_lanes
 from .cpu_depthwise import MAX_UNROLLED_TAPS, _largest_divisor, tasks_pad_their_planes
 
 #: Output pixels per register tile: accumulators of one register each, with the weight vector and an
@@ -29,6 +29,9 @@ MAX_COLUMNS = 8
 class CpuDepthwiseNhwc(ScheduleRule):
     name = "cpu-depthwise-nhwc"
     layouts = ("NHWC",)
+    #: 2: the auto-unroll depth a decision (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 2
+    unroll_steps = CPU_UNROLL_STEPS
 
     def weight_block(self, workload, target):
         """One register of channels (the channel vector), where the channels are whole vectors."""

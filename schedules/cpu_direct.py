@@ -14,7 +14,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
+from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, native_lanes, registers_per_vector, schedule_pad,
                    tunable_split, vectorize_if_wide, vectorize_pieces)
 from .cpu_tiles import tile_extent
 
@@ -84,8 +84,10 @@ class CpuDirect(ScheduleRule):
     name = "cpu-direct"
     #: 2: the channel and column tiles are sampling decisions (their hand values the defaults);
     #: 3: column tiles of whole architectural registers (AVX2: 8 columns x 8 rows on 56-wide layers);
-    #: 4: a last, partial column tile is a piece of its own (``partial_tile_pieces``)
-    version = 4
+    #: 4: a last, partial column tile is a piece of its own (``partial_tile_pieces``); 5: the
+    #: auto-unroll depth a decision (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 5
+    unroll_steps = CPU_UNROLL_STEPS
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or workload.spec.transposed:

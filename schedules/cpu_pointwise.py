@@ -23,7 +23,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import ScheduleRule, native_lanes, tunable_split, vectorize_if_wide
+from .base import CPU_UNROLL_STEPS, ScheduleRule, native_lanes, tunable_split, vectorize_if_wide
 from .cpu_tiles import DTYPE_BYTES
 
 #: Weight bytes up to which every tile may re-read the whole weight matrix: a 32 KB L1 data cache
@@ -57,8 +57,10 @@ def choose_tile(out_channels: int, out_height: int, lanes: int, registers: int) 
 
 class CpuPointwise(ScheduleRule):
     name = "cpu-pointwise"
-    #: 2: the channel and row tiles are sampling decisions (their hand values the defaults)
-    version = 2
+    #: 2: the channel and row tiles are sampling decisions (their hand values the defaults); 3: the
+    #: auto-unroll depth too (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 3
+    unroll_steps = CPU_UNROLL_STEPS
 
     def apply(self, func, workload, target):
         spec = workload.spec

@@ -22,8 +22,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, schedule_pad, tunable_split,
-                   vectorize_if_wide, vectorize_pieces)
+from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, has_block, native_lanes, schedule_pad,
+                   tunable_split, vectorize_if_wide, vectorize_pieces)
 from .cpu_direct import accumulate_in_registers, choose_config, partial_tile_pieces, vector_registers
 from .cpu_tiles import (DTYPE_BYTES, SUMS_BYTES, blocked_tiles, partition_pieces, pixel_tile_limit, register_tile,
                         split_blocked_tiles)
@@ -44,8 +44,10 @@ class CpuTransposed(ScheduleRule):
     #: 4: the direct form's last, partial column tile a piece of its own (``partial_tile_pieces``),
     #: and its column tile of whole architectural registers as cpu-direct's (AVX2: 8 columns);
     #: 5: the direct form a task per channel tile and image where there are tasks enough
-    #: (``PLANE_TASKS_PER_CORE``), its interleave inside, scalar where there are several phases
-    version = 5
+    #: (``PLANE_TASKS_PER_CORE``), its interleave inside, scalar where there are several phases;
+    #: 6: the auto-unroll depth a decision (``CPU_UNROLL_STEPS``; the same kernels)
+    version = 6
+    unroll_steps = CPU_UNROLL_STEPS
 
     def apply(self, func, workload, target):
         if str(target.kind) != "llvm" or not workload.spec.transposed:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, has_block, vectorize_if_wide
+from .base import CPU_UNROLL_STEPS, ScheduleRule, has_block, vectorize_if_wide
 
 
 class CpuFallback(ScheduleRule):
     name = "cpu-fallback"
+    #: 2: the auto-unroll depth a decision (``CPU_UNROLL_STEPS``; the same kernel)
+    version = 2
+    unroll_steps = CPU_UNROLL_STEPS
 
     def apply(self, func, workload, target):
         sch = s_tir.Schedule(func)

@@ -2,7 +2,7 @@
 where the older schedule compiles to the same machine code; any other stale record stays stale."""
 import json
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 
 from compiler import build, records
@@ -16,11 +16,17 @@ from targets import host_target
 REQUEST = KernelRequest(ConvSpec.conv2d(4, 12, 3, padding=1), (1, 4, 12, 12), "float32")     # cpu-direct
 
 
+def _json(value):
+    """A trace's TVM values as JSON that ``apply_json_to_schedule`` reads back (a sample_categorical's
+    probabilities as numbers: ``records._plain`` keys them by their text)."""
+    return float(value.value) if isinstance(value, tirx.FloatImm) else records._plain(value)
+
+
 def _as_older_version(trace, mod, decisions=None):
     """``trace`` marked with its rule's previous version (optionally with other tile decisions)."""
     insts, old_decisions = trace.as_json(remove_postproc=False)
     mark = records.rule_mark(trace)
-    text = json.dumps([insts, decisions if decisions is not None else old_decisions], default=records._plain)
+    text = json.dumps([insts, decisions if decisions is not None else old_decisions], default=_json)
     text = text.replace(f'{mark.rule}:{mark.version}\\"', f'{mark.rule}:{mark.version - 1}\\"')   # a quoted str
     sch = s_tir.Schedule(mod)
     s_tir.schedule.Trace.apply_json_to_schedule(json.loads(text), sch)

@@ -15,7 +15,8 @@ from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from compiler.tuning import tune
 from reference import assert_matches_torch
-from schedules import CpuDirect
+from schedules import CPU_RULES, CpuDirect
+from schedules.base import CPU_UNROLL_STEPS
 from targets import host_target
 
 LAYER, SHAPE = "Conv2d(4, 12, 3, padding=1)", (1, 4, 12, 12)      # cpu-direct on every CPU
@@ -26,6 +27,13 @@ def _defaults(trace):
     """The decisions of a trace's SamplePerfectTile instructions, in order."""
     insts, decisions = trace.as_json(remove_postproc=True)
     return [[int(v) for v in d] for i, d in decisions if insts[int(i)][0] == "SamplePerfectTile"]
+
+
+def _unroll(trace) -> int:
+    """The auto-unroll depth a trace's SampleCategorical decision chose (``schedules.base.tunable_unroll``)."""
+    insts, decisions = trace.as_json(remove_postproc=True)
+    (index,) = [int(d) for i, d in decisions if insts[int(i)][0] == "SampleCategorical"]
+    return CPU_UNROLL_STEPS[index]
 
 
 TRANSPOSED = KernelRequest(ConvSpec.conv_transpose2d(16, 3, 3, stride=2, padding=1), (1, 16, 12, 12), "float32",
@@ -62,11 +70,12 @@ def test_search_in_our_space_mutates_around_the_hand_schedule(tmp_path):
                              records.rule_versions(host_target()))
     assert kinds.hand and kinds.searched and not kinds.stale
     hand_tiles = _defaults(hand.trace)
-    for record in kinds.searched:            # every candidate is our rule's schedule, other tiles
+    for record in kinds.searched:    # every candidate is our rule's schedule, other tiles or unroll depth
         assert records.rule_mark(record.trace) == records.RuleMark("cpu-direct", CpuDirect.version)
         tiles = _defaults(record.trace)
-        assert len(tiles) == 2 and tiles != hand_tiles
+        assert len(tiles) == 2 and (tiles, _unroll(record.trace)) != (hand_tiles, 0)
         assert [a * b for a, b in tiles] == [a * b for a, b in hand_tiles]       # perfect tiles of co, ow
+        assert _unroll(record.trace) in CPU_UNROLL_STEPS
     # the curve says which space was searched
     assert json.loads(result.curve_path.read_text())["search"]["space"] == "ours"
     # a mutated schedule computes torch's numbers: serve the fastest search record
@@ -139,10 +148,13 @@ def test_other_decisions_of_our_spaces_compute_torchs_numbers(layer, shape, tmp_
     rng = random.Random(layer)
     tried = set()
     for attempt in range(2):
-        trace, tiles = _random_tiles(ours.schedule.trace, mod, rng)
-        if tiles == _defaults(hand.trace) or str(tiles) in tried:
+        sch, tiles = _random_tiles(ours.schedule.trace, mod, rng, keep_schedule=True)
+        depth = _unroll(sch.trace)
+        if (tiles, depth) == (_defaults(hand.trace), 0) or str((tiles, depth)) in tried:
             continue
-        tried.add(str(tiles))
+        tried.add(str((tiles, depth)))
+        assert f'"pragma_auto_unroll_max_step": {depth}' in str(sch.mod)       # on the reduction's nest
+        trace = sch.trace
         db = tmp_path / f"db{attempt}"
         with records.RunFolder(db) as run:
             writer = run.database()
@@ -198,11 +210,57 @@ def test_cuda_direct_space_draws_compute_torchs_numbers(layer, shape):
 def test_a_search_ends_once_its_space_is_exhausted(tmp_path):
     """More trials than our space holds: the search measures what there is and ends
     (``search.UntilExhausted``); MetaSchedule's evolutionary search would send empty batches forever."""
-    layer, shape = "Conv2d(16, 16, 5, stride=2, padding=2, groups=16)", (2, 16, 18, 18)
+    layer, shape = "Conv2d(16, 16, 3, padding=1, groups=16)", (1, 16, 1, 9)
     request = compiler.layers.request_of(layer, shape)
     (ours,) = space.design_spaces(request, host_target(), "ours")
     assert 1 < ours.size <= 12
     result = tune(layer, shape, trials=ours.size + 8, trials_per_iter=4, work_dir=tmp_path / "db", space="ours",
                   seed=0, population=16, final_check=0, out=io.StringIO())
-    assert 1 <= result.trials_total <= ours.size - 1         # every other schedule of the space, at most
+    # every schedule of the space at most once (the hand schedule's own equal may be among them: MetaSchedule
+    # checks candidates against the records it sampled from the database, not every record)
+    assert 1 <= result.trials_total <= ours.size
     assert result.trials_run < ours.size + 8
+
+
+UNROLLED_LAYERS = [("Conv2d(16, 16, 3, padding=1, groups=4)", (1, 16, 10, 10)),        # cpu-channel-vector
+                   ("Conv2d(16, 16, 3, padding=1, groups=16)", (1, 16, 12, 12)),       # cpu-depthwise
+                   ("ConvTranspose2d(16, 3, 3, stride=2, padding=1)", (1, 16, 6, 6))]  # cpu-transposed-phase
+
+
+@pytest.mark.parametrize("layer,shape", UNROLLED_LAYERS, ids=[layer for layer, _ in UNROLLED_LAYERS])
+def test_the_unroll_decision(layer, shape, tmp_path):
+    """The auto-unroll depth, a decision of every CPU rule's space: at its default (0) the kernel is
+    the one the rule makes without the decision (its ``apply`` alone), at 64 the reduction's loop nests carry the unroll pragma, their code changes, and
+    the kernel, served as a record, computes torch's numbers."""
+    from compiler.carry_over import machine_code
+    module = compiler.layers.parse_layer(layer)
+    request = compiler.layers.request_of(module, shape, output_padding=(0, 0) if module.transposed else None)
+    target, mod = host_target(), build.workload_module(request)
+    hand = build.schedule(request, target)
+    (ours,) = space.design_spaces(request, target, "ours")
+    (point,) = [p for p in ours.points if p.kind == "SampleCategorical"]
+    assert point.where == f"one of {list(CPU_UNROLL_STEPS)}" and point.default == 0
+
+    def drawn(depth):
+        sch = s_tir.Schedule(mod)
+        ours.schedule.trace.apply_to_schedule(
+            sch, remove_postproc=True, decision_provider=lambda inst, inputs, attrs, decision:
+            CPU_UNROLL_STEPS.index(depth) if inst.kind.name == "SampleCategorical" else decision)
+        return sch
+
+    rule = next(r for r in CPU_RULES if r.name == hand.rule)
+    plain = rule.apply(build.prim_func(request), build.workload_of(request), target)
+    assert machine_code(drawn(0).mod, target) == machine_code(plain.mod, target)
+    unrolled = drawn(64)
+    assert '"pragma_auto_unroll_max_step": 64' in str(unrolled.mod)
+    assert machine_code(unrolled.mod, target) != machine_code(plain.mod, target)
+    with records.RunFolder(tmp_path / "db") as run:
+        writer = run.database()
+        workload, args = writer.commit_workload(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [1.0], target, args))
+        writer.commit_tuning_record(ms.database.TuningRecord(unrolled.trace, workload, [1e-9], target, args))
+    build.clear_cache()
+    module.tuning_database = tmp_path / "db"
+    assert_matches_torch(module, torch.randn(*shape))
+    assert module.schedule.startswith("tuned:"), module.schedule
+    build.clear_cache()

@@ -13,7 +13,7 @@ from compiler.request import KernelRequest
 from compiler.spec import ConvSpec
 from reference import assert_matches_torch
 from schedules import CPU_RULES, CUDA_RULES, CpuDirect, CpuFallback
-from schedules.base import RULE_ANNOTATION, mark_rule
+from schedules.base import RULE_ANNOTATION, mark_rule, tunable_unroll
 from targets import host_target, resolve
 
 SHAPE = (1, 4, 8, 8)
@@ -43,9 +43,10 @@ def test_hand_schedules_carry_their_rule_and_version(request_, target, rule):
     versions = records.rule_versions(target)
     assert hand.rule == rule and records.rule_mark(hand.trace) == records.RuleMark(rule, versions[rule])
     assert f'"{RULE_ANNOTATION}": "{rule}:{versions[rule]}"' in hand.mod.script()
-    # the mark is the trace's last step: without it, the trace is the rule's own
+    # the mark is the trace's last step: without it, the trace is the rule's own (with its unroll decision)
     rule_obj = next(r for r in CPU_RULES + CUDA_RULES if r.name == rule)
-    plain = rule_obj.apply(build.prim_func(request_), build.workload_of(request_), target)
+    plain = tunable_unroll(rule_obj.apply(build.prim_func(request_), build.workload_of(request_), target),
+                           rule_obj.unroll_steps)
     assert records.unmarked_key(hand.trace) == records.trace_key(plain.trace) != records.trace_key(hand.trace)
     assert records.rule_mark(plain.trace) is None
 
@@ -123,7 +124,7 @@ def test_records_made_before_marks_are_read_by_what_they_are(tmp_path):
     sampled decisions that differs is an old hand schedule (stale); one with decisions, a search."""
     target = host_target()
     func, workload = build.prim_func(REQUEST), build.workload_of(REQUEST)
-    legacy_hand = CpuDirect().apply(func, workload, target).trace
+    legacy_hand = tunable_unroll(CpuDirect().apply(func, workload, target), CpuDirect.unroll_steps).trace
     legacy_old_hand = CpuFallback().apply(build.prim_func(REQUEST), workload, target).trace
     generic = _generic_trace(REQUEST, target)
     db = _database(tmp_path / "c", REQUEST, target, [(legacy_old_hand, 0.2), (generic, 0.5), (legacy_hand, 1.0)])
