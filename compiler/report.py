@@ -3,7 +3,9 @@
 Per workload: the layer (named by the database's curve files, or the benchmark suite; otherwise its
 buffer shapes), distinct schedules searched, the hand-written schedule's and the best record's
 time, the speedup, how many trials the search took to come within 10% of its best (in the order
-the records were written), and the records left aside as stale (an older rule version's).
+the records were written), and the records left aside as stale (an older rule version's).  Where the
+layer is known, the best schedule's arithmetic rate (GFLOP/s, useful multiply-adds) too: beside the
+machine's own roof (e.g. torch's SGEMM on the same cores), it says how much a search can still find.
 """
 from __future__ import annotations
 
@@ -27,10 +29,16 @@ class WorkloadReport:
     best_ms: Optional[float]
     within_10: Optional[int]         # trials until the best so far was within 10% of the best
     stale: int                       # records of older rule versions, left aside
+    flops: Optional[float] = None    # useful floating-point operations of one call (None: layer unknown)
 
     @property
     def speedup(self) -> Optional[float]:
         return self.hand_ms / self.best_ms if self.hand_ms and self.best_ms else None
+
+    @property
+    def best_gflops(self) -> Optional[float]:
+        """The best schedule's rate: ``flops`` in ``best_ms``."""
+        return self.flops / self.best_ms / 1e6 if self.flops and self.best_ms else None
 
 
 def target_of(db_dir: Path) -> Target:
@@ -101,8 +109,9 @@ def _summarise(workload_hash, in_order, request, mod, target, versions) -> Workl
     hand_ms = records.mean_secs(kinds.hand[0]) * 1e3 if kinds.hand else None
     best = kinds.valid
     best_ms = records.mean_secs(best[0]) * 1e3 if best else None
+    flops = request.spec.flops_for_input(request.input_shape) if request is not None else None
     return WorkloadReport(workload_hash, layer, rule, len(searched), hand_ms, best_ms,
-                          _within(in_order, searched, hand_ms, best_ms), len(kinds.stale))
+                          _within(in_order, searched, hand_ms, best_ms), len(kinds.stale), flops)
 
 
 def _within(in_order, searched_keys, hand_ms, best_ms, fraction: float = 0.10) -> Optional[int]:
@@ -166,12 +175,12 @@ def format_report(rows: List[WorkloadReport], db_dir, target: Target) -> str:
         return head + "\n"
     width = max(len(r.layer) for r in rows)
     lines = [head, f"{'workload':<{width}}  {'rule':<20} {'trials':>6} {'hand ms':>9} {'best ms':>9} "
-                   f"{'speedup':>7} {'to 10%':>6} {'stale':>5}"]
+                   f"{'speedup':>7} {'to 10%':>6} {'stale':>5} {'GFLOP/s':>8}"]
     for r in rows:
         cell = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         lines.append(f"{r.layer:<{width}}  {r.rule or '-':<20} {r.trials:>6} {cell(r.hand_ms, '9.3f'):>9} "
                      f"{cell(r.best_ms, '9.3f'):>9} {cell(r.speedup, '6.2f') + 'x' if r.speedup else '-':>7} "
-                     f"{cell(r.within_10, 'd'):>6} {r.stale:>5}")
+                     f"{cell(r.within_10, 'd'):>6} {r.stale:>5} {cell(r.best_gflops, '8.1f'):>8}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,12 @@
 
 Limits are the CUDA programming guide's per-compute-capability table (Technical Specifications):
 1024 threads per block and warps of 32 everywhere; 64 Ki 32-bit registers per block; shared memory
-per block is the 48 KiB static limit (what TVM's own tags carry; the opt-in maxima of 96-227 KiB
-need a dynamic-shared-memory launch attribute the schedules do not use).  ``l2`` is the largest
-part of that architecture in common use (V100, T4, A100, A10/RTX 30, L4/RTX 40, H100).
+per block is the 48 KiB static limit (what TVM's own tags carry).  Each preset also knows its
+architecture's opt-in maximum (64-227 KiB of dynamic shared memory: ``opt_in_shared_memory``), which
+TVM's CUDA runtime grants a kernel when a launch asks for more than 48 KiB (it sets the function's
+maximum dynamic shared memory attribute): the rules that stage more say so themselves
+(``with_shared_memory`` gives TVM's verifier the raised limit).  ``l2`` is the largest part of that
+architecture in common use (V100, T4, A100, A10/RTX 30, L4/RTX 40, H100).
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ class GpuPreset:
     name: str                       # a typical part of that architecture
     max_threads_per_block: int = 1024
     max_shared_memory_per_block: int = 48 * 1024
+    #: dynamic shared memory a kernel may opt into (the programming guide's "maximum amount of shared
+    #: memory per thread block" per compute capability)
+    opt_in_shared_memory_per_block: int = 48 * 1024
     registers_per_block: int = 64 * 1024
     thread_warp_size: int = 32
     l2_cache_size_bytes: int = 6 * 1024 * 1024
@@ -85,15 +91,22 @@ def round_to_tf32(x):
     return tirx.reinterpret("float32", rounded)
 
 
-MiB = 1024 * 1024
-#: By architecture; sm_86 and sm_89 differ from sm_80/sm_90 in L2 and SM count, not in block limits.
+KiB, MiB = 1024, 1024 * 1024
+#: By architecture; sm_86 and sm_89 differ from sm_80/sm_90 in L2, SM count and opt-in shared memory, not in
+#: the static block limits.
 PRESETS: Dict[str, GpuPreset] = {p.arch: p for p in (
-    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB, multiprocessors=80),
-    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB, multiprocessors=40),
-    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB, multiprocessors=108),
-    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB, multiprocessors=72),
-    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB, multiprocessors=58),
-    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB, multiprocessors=132),
+    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB, multiprocessors=80,
+              opt_in_shared_memory_per_block=96 * KiB),
+    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB, multiprocessors=40,
+              opt_in_shared_memory_per_block=64 * KiB),
+    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB, multiprocessors=108,
+              opt_in_shared_memory_per_block=163 * KiB),
+    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB, multiprocessors=72,
+              opt_in_shared_memory_per_block=99 * KiB),
+    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB, multiprocessors=58,
+              opt_in_shared_memory_per_block=99 * KiB),
+    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB, multiprocessors=132,
+              opt_in_shared_memory_per_block=227 * KiB),
 )}
 
 
@@ -101,6 +114,24 @@ def multiprocessors(target: Target) -> int:
     """SMs of the typical part of ``target``'s architecture (the preset's), 80 for another one."""
     preset = PRESETS.get(str(target.attrs.get("arch", "")))
     return preset.multiprocessors if preset else GpuPreset.multiprocessors
+
+
+def opt_in_shared_memory(target: Target) -> int:
+    """Dynamic shared memory per block a kernel for ``target`` may use by opting in (the preset's;
+    for an architecture without one, the target's own limit: nothing is assumed)."""
+    preset = PRESETS.get(str(target.attrs.get("arch", "")))
+    static = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
+    return max(static, preset.opt_in_shared_memory_per_block) if preset else static
+
+
+def with_shared_memory(target: Target, limit: int) -> Target:
+    """``target`` with ``max_shared_memory_per_block`` at ``limit`` (what TVM's GPU verifier checks a
+    kernel that opts into more shared memory against); ``target`` itself where that is its limit."""
+    if int(target.attrs.get("max_shared_memory_per_block", 0)) == limit:
+        return target
+    config = dict(target.export())
+    config["max_shared_memory_per_block"] = limit
+    return Target(config)
 
 
 def preset(name: str) -> GpuPreset:

@@ -71,9 +71,12 @@ def test_report_summarises_the_database(tuned, capsys):
     # the tune reports the hand schedule's fastest measurement, as the report and the lookup take it
     assert row.hand_ms == pytest.approx(result.hand_ms) and row.best_ms == pytest.approx(result.best_ms)
     assert row.within_10 is not None and 0 <= row.within_10 <= row.trials
+    # Conv2d(4, 6, 3, padding=1) on 1x4x8x8: 2 x 6 x 8 x 8 outputs x 4 x 3 x 3 multiply-adds
+    assert row.flops == 2 * 6 * 8 * 8 * 4 * 9 and row.best_gflops == pytest.approx(row.flops / row.best_ms / 1e6)
     assert main(["report", str(db)]) == 0
     out = capsys.readouterr().out
     assert "1 workload(s)" in out and "Conv2d(4, 6, 3, padding=1) on 1x4x8x8 float32" in out and "to 10%" in out
+    assert f"{row.best_gflops:8.1f}" in out
 
 
 def test_report_names_the_shipped_suite_and_leaves_stale_records_aside():

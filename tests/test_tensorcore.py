@@ -40,9 +40,11 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore
+from schedules.gpu_verify import passes_gpu_verification
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
                                        OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
-                                       gemm_of, pipeline_stages, ranked_configs)
+                                       gemm_of, pipeline_stages, ranked_configs, shared_memory_limit,
+                                       verifying_target)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
@@ -466,18 +468,58 @@ def test_tiles_keep_the_gpu_busy_then_grow_the_warp_tiles():
 
 
 def test_nhwc_tiles_are_the_measured_ones():
-    """NHWC kernels rank by ``NHWC_OCCUPANCY_WARPS``: on the sm_90 preset (48 KiB of shared memory),
-    batch 32, float16, the tiles the H100 sweep measured fastest within that limit
-    (tuning_logs/cuda-sm_90/h100-nhwc-20261127/sweep-occupancies.log)."""
+    """NHWC kernels rank by ``NHWC_OCCUPANCY_WARPS`` within the architecture's opt-in shared memory:
+    on the sm_90 preset, batch 32, float16, the tiles the H100 sweep measured fastest of all it tried
+    (tuning_logs/cuda-sm_90/h100-nhwc-20261127/sweep-occupancies.log), 96x128 ones over the 48 KiB
+    static limit among them."""
     target = resolve("cuda/sm_90")
-    for (channels, size, taps, out), block in {(128, 28, 9, 128): (64, 128), (512, 7, 9, 512): (64, 96),
-                                               (64, 56, 9, 64): (128, 64), (256, 56, 1, 64): (128, 64)}.items():
+    assert shared_memory_limit(target, "mk") == 227 * 1024 and shared_memory_limit(target) == 48 * 1024
+    for (channels, size, taps, out), block in {(128, 28, 9, 128): (96, 128), (256, 14, 9, 256): (96, 128),
+                                               (512, 7, 9, 512): (64, 96), (64, 56, 9, 64): (128, 64),
+                                               (256, 56, 1, 64): (128, 64)}.items():
         gemm = Gemm(batch=1, m=32 * size * size, n=out, k=channels * taps)
         config = ranked_configs(gemm, target, 2, "mk")[0]
         assert (config.block_m, config.block_n, config.stages, config.a_staged) == (*block, 1, "mk")
         assert _warps_per_sm(gemm, config, 132) >= NHWC_OCCUPANCY_WARPS
-        # the same GEMM staged [k, m] (NCHW) keeps its own policy
+        # the same GEMM staged [k, m] (NCHW) keeps its own policy, within the static limit
         assert ranked_configs(gemm, target, 2)[0] == choose_config(gemm, target)
+        assert all(c.shared_bytes() <= 48 * 1024 for c in ranked_configs(gemm, target, 2))
+
+
+def test_an_nhwc_tile_over_48_kib_is_verified_against_the_opt_in_limit(tmp_path):
+    """The rule's own 96x128 tile of Conv2d(128, 128, 3) on 32x128x28x28 (channels_last, float16,
+    sm_90) stages a 49.5 KB accumulator tile: TVM's verifier passes it against the opt-in limit (and
+    fails it against the static one, so the rule would otherwise have fallen back to a smaller tile),
+    its one dynamic shared-memory buffer is that size, and ptxas fits it in registers."""
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
+    request = _request(ConvSpec.conv2d(128, 128, 3, padding=1), (32, 128, 28, 28), "float16", layout="NHWC")
+    target = resolve("cuda/sm_90")
+    tile, sch = CudaTensorCore().tile_and_schedule(build.prim_func(request), build.workload_of(request), target)
+    assert (tile.block_m, tile.block_n) == (96, 128) and 48 * 1024 < tile.shared_bytes() <= 227 * 1024
+    assert passes_gpu_verification(sch.mod, verifying_target(target, "mk"))
+    assert not passes_gpu_verification(sch.mod, target)
+    lower, _, _ = default_s_tir_pipeline()
+    with tvm.transform.PassContext():
+        lowered = lower(tvm.tirx.transform.BindTarget(target)(sch.mod)).script()
+    assert re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered) == [str(tile.shared_bytes())]
+    if shutil.which("nvcc"):
+        with compile_context(target):
+            source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+        for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
+            assert (stack, stores, loads) == (0, 0, 0) and registers <= 255
+
+
+def test_a_96x128_nhwc_tile_computes_torchs_numbers():
+    """The 96x128 tile (3x4 fragments a warp), emulated on a small layer that pads M to whole blocks."""
+    spec, shape = ConvSpec.conv2d(128, 128, 3, padding=1), (1, 128, 10, 10)
+    request = _request(spec, shape, "float16", layout="NHWC")
+    func, workload = build.prim_func(request), build.workload_of(request)
+    tile, sch = CudaTensorCore.schedule_contiguous(func, workload, Config(2, 2, 3, 4, 64, a_staged="mk",
+                                                                          input_vector=8))
+    assert (tile.block_m, tile.block_n, tile.input_vector) == (96, 128, 8)
+    m = _module(spec, "float16")
+    x = torch.randn(*shape, dtype=torch.float16)
+    assert_output_matches(m, x, _emulate(request, without_tensorize(sch, func).mod, m, x))
 
 
 def test_a_pipelined_tile_fits_the_shared_memory():
