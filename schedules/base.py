@@ -133,14 +133,17 @@ def tunable_unroll(sch: s_tir.Schedule, steps: Sequence[int]) -> s_tir.Schedule:
     (``sample_categorical`` over ``steps``, default the first, 0): the outermost loop of every block
     that reduces gets ``pragma_auto_unroll_max_step`` (explicit unrolling, as MetaSchedule's
     ``RewriteParallelVectorizeUnroll`` gives it), so TVM unrolls each inner loop nest of up to that
-    many steps.  Annotated here rather than through that postprocessor's root-block annotation,
-    which reaches only the root's child blocks (not the pieces of a partitioned loop) and which the
-    hand path, compiling without postprocessors, would not apply.  At 0 the kernel is the rule's own
-    (the same machine code)."""
+    many steps.  Annotated here rather than through that postprocessor, which reaches only the
+    root's child blocks (not the pieces of a partitioned loop) and which the hand path, compiling
+    without postprocessors, never runs.  The root block carries the depth as MetaSchedule's own
+    annotation too (``meta_schedule.unroll_explicit``): its ``MutateUnroll`` mutates only decisions
+    so annotated, and its postprocessor then annotates the same loops alike.  At 0 the kernel is the
+    rule's own (the same machine code)."""
     if not steps:
         return sch
     assert steps[0] == 0, "the hand choice (the default decision) must be no auto-unroll"
     depth = sch.sample_categorical(list(steps), [1 / len(steps)] * len(steps), decision=0)
+    sch.annotate(sch.get_sblock("root"), "meta_schedule.unroll_explicit", depth)
     annotated = []
     for block in _nested_blocks(sch, sch.get_sblock("root")):
         if all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars):

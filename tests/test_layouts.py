@@ -120,12 +120,13 @@ def test_an_nhwc_output_is_returned_as_it_is():
     assert out.stride() == torch.empty(2, 1, 5, 3, memory_format=torch.channels_last).stride()
 
 
-# the CPU's NHWC rule: depthwise layers on channels_last tensors (ConvNeXt's 7x7 layers take them)
+# the CPU's NHWC rule: depthwise layers on channels_last tensors (ConvNeXt's 7x7 layers take them);
+# channels in whole vectors of AVX2 and AVX-512 registers alike (16 float32 lanes), so every host takes them
 DEPTHWISE = [
     ((16, 16, 3), {"padding": 1}, (2, 16, 9, 14)),
     ((32, 32, 7), {"padding": 3, "bias": False}, (1, 32, 7, 7)),
-    ((8, 8, 5), {"stride": 2, "padding": 2, "dilation": 1}, (1, 8, 11, 13)),
-    ((24, 24, 3), {"padding": 2, "dilation": 2, "padding_mode": "reflect"}, (1, 24, 10, 12)),
+    ((16, 16, 5), {"stride": 2, "padding": 2, "dilation": 1}, (1, 16, 11, 13)),
+    ((32, 32, 3), {"padding": 2, "dilation": 2, "padding_mode": "reflect"}, (1, 32, 10, 12)),
     ((16, 16, (3, 1)), {"stride": (1, 2), "padding": "valid"}, (3, 16, 6, 9)),
     ((16, 16, 3), {"padding": "same", "padding_mode": "circular"}, (1, 16, 5, 6)),
 ]
@@ -220,12 +221,13 @@ def test_channels_last_depthwise_gradients_are_torchs():
 
 
 # the CPU's dense NHWC kernels: cpu-channel-vector on channels_last tensors (ConvNeXt's downsampling
-# layers, channels_last networks), plain and blocked variants, every padding mode, groups, dilation
+# layers, channels_last networks), plain and blocked variants, every padding mode, groups, dilation;
+# widths with a column tile, which AVX-512 hosts need (there the rule leaves other widths to cpu-direct)
 DENSE = [
     ((96, 32, 2), {"stride": 2}, (1, 96, 12, 14)),
     ((16, 32, 3), {"padding": 1}, (2, 16, 9, 10)),
     ((8, 16, 3), {"stride": 2, "padding": 2, "dilation": 2, "bias": False}, (1, 8, 13, 11)),
-    ((12, 32, 3), {"padding": 1, "padding_mode": "reflect", "groups": 2}, (1, 12, 7, 9)),
+    ((12, 32, 3), {"padding": 1, "padding_mode": "reflect", "groups": 2}, (1, 12, 7, 10)),
     ((32, 16, 1), {}, (3, 32, 5, 7)),
     ((4, 16, (5, 3)), {"padding": (2, 1), "padding_mode": "circular"}, (1, 4, 8, 6)),
     ((64, 64, 3), {"padding": "same", "padding_mode": "replicate"}, (1, 64, 6, 6)),
@@ -242,12 +244,12 @@ def test_channels_last_dense_kernel_packs_an_ohwi_weight_itself():
     """Without pre-packed weights (exported libraries pack inside the kernel), the NHWC kernel takes
     the channels_last weight's own bytes, ``[co, kh, kw, ci]``."""
     spec = ConvSpec.conv2d(16, 32, 3, padding=1)
-    request = KernelRequest(spec, (2, 16, 7, 9), "float64", layout="NHWC")
+    request = KernelRequest(spec, (2, 16, 7, 10), "float64", layout="NHWC")
     kernel = build.get_kernel(request, host_target(), prepacked=False, database=False)
     assert kernel.schedule == "cpu-channel-vector" and kernel.weight_block is None
-    x, w, b = torch.randn(2, 16, 7, 9, dtype=torch.float64), torch.randn(32, 16, 3, 3, dtype=torch.float64), \
+    x, w, b = torch.randn(2, 16, 7, 10, dtype=torch.float64), torch.randn(32, 16, 3, 3, dtype=torch.float64), \
         torch.randn(32, dtype=torch.float64)
-    y = torch.empty(2, 7, 9, 32, dtype=torch.float64)
+    y = torch.empty(2, 7, 10, 32, dtype=torch.float64)
     kernel(x.permute(0, 2, 3, 1).contiguous(), w.permute(0, 2, 3, 1).contiguous(), b, y)
     exact = torch.nn.functional.conv2d(x, w, b, padding=1)
     torch.testing.assert_close(y.permute(0, 3, 1, 2), exact, rtol=0, atol=1e-12)

@@ -240,6 +240,11 @@ def test_the_unroll_decision(layer, shape, tmp_path):
     (ours,) = space.design_spaces(request, target, "ours")
     (point,) = [p for p in ours.points if p.kind == "SampleCategorical"]
     assert point.where == f"one of {list(CPU_UNROLL_STEPS)}" and point.default == 0
+    # MetaSchedule's evolutionary search mutates it (MutateUnroll finds decisions by their annotation)
+    mutate = ms.mutator.MutateUnroll()
+    mutate._initialize_with_tune_context(ms.TuneContext(mod=mod, target=target))
+    mutated = mutate.apply(ours.schedule.trace)
+    assert mutated is not None and _unroll(mutated) in CPU_UNROLL_STEPS[1:]
 
     def drawn(depth):
         sch = s_tir.Schedule(mod)
