@@ -94,6 +94,22 @@ def test_search_in_our_space_mutates_around_the_hand_schedule(tmp_path):
     build.clear_cache()
 
 
+def _serve_as_record(module, request, hand_trace, trace, db, shape):
+    """``trace`` committed beside the hand schedule's record as if a search had measured it much
+    faster: the module then serves it (``tuned:``), and its output must match torch's."""
+    target, mod = host_target(), build.workload_module(request)
+    with records.RunFolder(db) as run:
+        writer = run.database()
+        workload, args = writer.commit_workload(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        writer.commit_tuning_record(ms.database.TuningRecord(hand_trace, workload, [1.0], target, args))
+        writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [1e-9], target, args))
+    build.clear_cache()
+    module.tuning_database = db
+    assert_matches_torch(module, torch.randn(*shape))
+    assert module.schedule.startswith("tuned:"), module.schedule
+    build.clear_cache()
+
+
 #: Layers of the rules made searchable second: cpu-channel-vector (its column tile; where its blocked
 #: tiles serve, e.g. on AVX2, the chunk and pixel tile; with dead taps dropped, the chunk alone),
 #: cpu-depthwise at stride 1 and 2, and cpu-transposed-phase's channel-vector form.
@@ -155,19 +171,8 @@ def test_other_decisions_of_our_spaces_compute_torchs_numbers(layer, shape, tmp_
         tried.add(str((tiles, depth)))
         assert f'"pragma_auto_unroll_max_step": {depth}' in str(sch.mod)       # on the reduction's nest
         trace = sch.trace
-        db = tmp_path / f"db{attempt}"
-        with records.RunFolder(db) as run:
-            writer = run.database()
-            workload = writer.commit_workload(mod)
-            args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [1.0], target, args))
-            writer.commit_tuning_record(ms.database.TuningRecord(trace, workload, [1e-9], target, args))
-        build.clear_cache()
-        module.tuning_database = db
-        assert_matches_torch(module, torch.randn(*shape))
-        assert module.schedule.startswith("tuned:"), module.schedule
+        _serve_as_record(module, request, hand.trace, trace, tmp_path / f"db{attempt}", shape)
     assert tried, "no decision other than the hand one was drawn"
-    build.clear_cache()
 
 
 CUDA_SAMPLED = [("Conv2d(8, 16, 3, padding=1)", (2, 8, 8, 16)),
@@ -259,13 +264,5 @@ def test_the_unroll_decision(layer, shape, tmp_path):
     unrolled = drawn(64)
     assert '"pragma_auto_unroll_max_step": 64' in str(unrolled.mod)
     assert machine_code(unrolled.mod, target) != machine_code(plain.mod, target)
-    with records.RunFolder(tmp_path / "db") as run:
-        writer = run.database()
-        workload, args = writer.commit_workload(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-        writer.commit_tuning_record(ms.database.TuningRecord(hand.trace, workload, [1.0], target, args))
-        writer.commit_tuning_record(ms.database.TuningRecord(unrolled.trace, workload, [1e-9], target, args))
-    build.clear_cache()
-    module.tuning_database = tmp_path / "db"
-    assert_matches_torch(module, torch.randn(*shape))
-    assert module.schedule.startswith("tuned:"), module.schedule
-    build.clear_cache()
+    _serve_as_record(module, request, hand.trace, unrolled.trace, tmp_path / "db", shape)
+
