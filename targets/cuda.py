@@ -31,7 +31,7 @@ class GpuPreset:
     max_shared_memory_per_block: int = 48 * 1024
     #: dynamic shared memory a kernel may opt into (the programming guide's "maximum amount of shared
     #: memory per thread block" per compute capability)
-    opt_in_shared_memory_per_block: int = 48 * 1024
+    opt_in_shared_memory: int = 48 * 1024
     registers_per_block: int = 64 * 1024
     thread_warp_size: int = 32
     l2_cache_size_bytes: int = 6 * 1024 * 1024
@@ -95,18 +95,12 @@ KiB, MiB = 1024, 1024 * 1024
 #: By architecture; sm_86 and sm_89 differ from sm_80/sm_90 in L2, SM count and opt-in shared memory, not in
 #: the static block limits.
 PRESETS: Dict[str, GpuPreset] = {p.arch: p for p in (
-    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB, multiprocessors=80,
-              opt_in_shared_memory_per_block=96 * KiB),
-    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB, multiprocessors=40,
-              opt_in_shared_memory_per_block=64 * KiB),
-    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB, multiprocessors=108,
-              opt_in_shared_memory_per_block=163 * KiB),
-    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB, multiprocessors=72,
-              opt_in_shared_memory_per_block=99 * KiB),
-    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB, multiprocessors=58,
-              opt_in_shared_memory_per_block=99 * KiB),
-    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB, multiprocessors=132,
-              opt_in_shared_memory_per_block=227 * KiB),
+    GpuPreset("sm_70", "Tesla V100", l2_cache_size_bytes=6 * MiB, multiprocessors=80, opt_in_shared_memory=96 * KiB),
+    GpuPreset("sm_75", "Tesla T4", l2_cache_size_bytes=4 * MiB, multiprocessors=40, opt_in_shared_memory=64 * KiB),
+    GpuPreset("sm_80", "A100", l2_cache_size_bytes=40 * MiB, multiprocessors=108, opt_in_shared_memory=163 * KiB),
+    GpuPreset("sm_86", "A10 / RTX 30", l2_cache_size_bytes=6 * MiB, multiprocessors=72, opt_in_shared_memory=99 * KiB),
+    GpuPreset("sm_89", "L4 / RTX 40", l2_cache_size_bytes=48 * MiB, multiprocessors=58, opt_in_shared_memory=99 * KiB),
+    GpuPreset("sm_90", "H100", l2_cache_size_bytes=50 * MiB, multiprocessors=132, opt_in_shared_memory=227 * KiB),
 )}
 
 
@@ -121,7 +115,7 @@ def opt_in_shared_memory(target: Target) -> int:
     for an architecture without one, the target's own limit: nothing is assumed)."""
     preset = PRESETS.get(str(target.attrs.get("arch", "")))
     static = int(target.attrs.get("max_shared_memory_per_block", 48 * 1024))
-    return max(static, preset.opt_in_shared_memory_per_block) if preset else static
+    return max(static, preset.opt_in_shared_memory) if preset else static
 
 
 def with_shared_memory(target: Target, limit: int) -> Target:
