@@ -120,11 +120,10 @@ RULE_ANNOTATION = "tvm_conv.rule"
 
 #: Auto-unroll depths a search may choose for a CPU rule's loop nests: MetaSchedule's own choices for
 #: llvm targets (``ParallelizeVectorizeUnroll``'s ``unroll_max_steps``), 0 (the rules' own explicit
-#: unrolling of their register tiles, nothing more) the hand choice.  Measured on znver3 (2 threads,
-#: the hand schedules of examples/off_suite_layers.txt with each depth): 16-512 made Conv2d(128,
-#: 128, 3) on 28x28 1.12x and the grouped Conv2d(64, 64, 3, groups=4) 1.20x faster (the taps' loops
-#: unrolled), and a 5x5 stride-2 depthwise layer 1.6x (64) and a 3x3 one 1.3x (16) slower, so no
-#: single depth beats the hand schedules: a decision for the search.
+#: unrolling of their register tiles, nothing more) the hand choice.  Measured on znver4 (2 threads,
+#: the hand schedules of examples/off_suite_layers.txt with each depth): 1.00-1.02x on the dense and
+#: transposed layers, and 1.3-1.8x slower on a 5x5 stride-2 and a 3x3 depthwise layer (16-512), so no
+#: depth is a better default: a decision for the search (tuning_logs/README.md, experiments/).
 CPU_UNROLL_STEPS = (0, 16, 64, 512)
 
 
