@@ -79,19 +79,7 @@ def test_search_in_our_space_mutates_around_the_hand_schedule(tmp_path):
     # the curve says which space was searched
     assert json.loads(result.curve_path.read_text())["search"]["space"] == "ours"
     # a mutated schedule computes torch's numbers: serve the fastest search record
-    best = kinds.searched[0]
-    with records.RunFolder(db) as run:
-        writer = run.database()
-        from tvm.s_tir import meta_schedule as ms
-        writer.commit_tuning_record(ms.database.TuningRecord(
-            best.trace, writer.commit_workload(mod), [1e-9], host_target(),
-            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
-    build.clear_cache()
-    m = compiler.Conv2d(4, 12, 3, padding=1)
-    m.tuning_database = db
-    assert_matches_torch(m, torch.randn(*SHAPE))
-    assert m.schedule.startswith("tuned:")
-    build.clear_cache()
+    _serve_as_record(compiler.Conv2d(4, 12, 3, padding=1), REQUEST, hand.trace, kinds.searched[0].trace, db, SHAPE)
 
 
 def _serve_as_record(module, request, hand_trace, trace, db, shape):
@@ -170,8 +158,7 @@ def test_other_decisions_of_our_spaces_compute_torchs_numbers(layer, shape, tmp_
             continue
         tried.add(str((tiles, depth)))
         assert f'"pragma_auto_unroll_max_step": {depth}' in str(sch.mod)       # on the reduction's nest
-        trace = sch.trace
-        _serve_as_record(module, request, hand.trace, trace, tmp_path / f"db{attempt}", shape)
+        _serve_as_record(module, request, hand.trace, sch.trace, tmp_path / f"db{attempt}", shape)
     assert tried, "no decision other than the hand one was drawn"
 
 
@@ -235,8 +222,9 @@ UNROLLED_LAYERS = [("Conv2d(16, 16, 3, padding=1, groups=4)", (1, 16, 10, 10)), 
 @pytest.mark.parametrize("layer,shape", UNROLLED_LAYERS, ids=[layer for layer, _ in UNROLLED_LAYERS])
 def test_the_unroll_decision(layer, shape, tmp_path):
     """The auto-unroll depth, a decision of every CPU rule's space: at its default (0) the kernel is
-    the one the rule makes without the decision (its ``apply`` alone), at 64 the reduction's loop nests carry the unroll pragma, their code changes, and
-    the kernel, served as a record, computes torch's numbers."""
+    the one the rule makes without the decision (its ``apply`` alone); at 64 the reduction's loop
+    nests carry the unroll pragma, their code changes, and the kernel, served as a record, computes
+    torch's numbers."""
     from compiler.carry_over import machine_code
     module = compiler.layers.parse_layer(layer)
     request = compiler.layers.request_of(module, shape, output_padding=(0, 0) if module.transposed else None)
@@ -265,4 +253,3 @@ def test_the_unroll_decision(layer, shape, tmp_path):
     assert '"pragma_auto_unroll_max_step": 64' in str(unrolled.mod)
     assert machine_code(unrolled.mod, target) != machine_code(plain.mod, target)
     _serve_as_record(module, request, hand.trace, unrolled.trace, tmp_path / "db", shape)
-

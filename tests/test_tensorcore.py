@@ -491,17 +491,13 @@ def test_an_nhwc_tile_over_48_kib_is_verified_against_the_opt_in_limit(tmp_path)
     sm_90) stages a 49.5 KB accumulator tile: TVM's verifier passes it against the opt-in limit (and
     fails it against the static one, so the rule would otherwise have fallen back to a smaller tile),
     its one dynamic shared-memory buffer is that size, and ptxas fits it in registers."""
-    from tvm.s_tir.pipeline import default_s_tir_pipeline
     request = _request(ConvSpec.conv2d(128, 128, 3, padding=1), (32, 128, 28, 28), "float16", layout="NHWC")
     target = resolve("cuda/sm_90")
     tile, sch = CudaTensorCore().tile_and_schedule(build.prim_func(request), build.workload_of(request), target)
     assert (tile.block_m, tile.block_n) == (96, 128) and 48 * 1024 < tile.shared_bytes() <= 227 * 1024
     assert passes_gpu_verification(sch.mod, verifying_target(target, "mk"))
     assert not passes_gpu_verification(sch.mod, target)
-    lower, _, _ = default_s_tir_pipeline()
-    with tvm.transform.PassContext():
-        lowered = lower(tvm.tirx.transform.BindTarget(target)(sch.mod)).script()
-    assert re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered) == [str(tile.shared_bytes())]
+    assert _dynamic_shared_buffers(sch, target) == [tile.shared_bytes()]
     if shutil.which("nvcc"):
         with compile_context(target):
             source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
@@ -538,14 +534,19 @@ def test_a_pipelined_tile_fits_the_shared_memory():
 def test_shared_memory_model_is_tvms_allocation(layer, dtype):
     """Config.shared_bytes (what choose_config checks against the target's limit) is the size of
     the one ``shared.dyn`` buffer TVM's lowering leaves (staging and accumulator tile merged)."""
-    from tvm.s_tir.pipeline import default_s_tir_pipeline
     request, target, sch = _scheduled(layer, dtype, "sm_90")
     config = choose_config(gemm_of(s_tir.Schedule(build.prim_func(request)), request.spec)[0], target,
                            element_bytes=4 if dtype == "tf32" else 2)
+    assert _dynamic_shared_buffers(sch, target) == [config.shared_bytes()]
+
+
+def _dynamic_shared_buffers(sch: s_tir.Schedule, target) -> list:
+    """Bytes of each ``shared.dyn`` buffer TVM's lowering leaves in the kernel (it merges them into one)."""
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
     lower, _, _ = default_s_tir_pipeline()
     with tvm.transform.PassContext():
         lowered = lower(tvm.tirx.transform.BindTarget(target)(sch.mod)).script()
-    assert re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered) == [str(config.shared_bytes())]
+    return [int(n) for n in re.findall(r'buf_dyn_shmem = T\.alloc_buffer\(\((\d+),\)', lowered)]
 
 
 @pytest.mark.parametrize("case", ["float32", "float64_tf32", "depthwise", "sm_75", "sm_70", "few_channels_per_group",
