@@ -34,6 +34,15 @@ The accumulators go through shared memory (float32, reusing the staging space) t
 activations) and the cast are applied there and written coalesced to NCHW.  The transposed form's
 phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does).
 
+Split-K (``Config.split_k``): where even the smallest tiles leave the GPU short of warps (small
+batches of deep layers: at batch 1, Conv2d(512, 512, 3) on 7x7 is a GEMM of 49 x 512 x 4608), K is
+cut into equal slices of whole chunks (``split_candidates``, ``choose_split``), each slice's GEMM
+computed by blocks of its own (TVM's ``rfactor``: a grid axis more) and written, through the same
+shared-memory tile, as float32 partial sums to a workspace; a second kernel adds the slices up per
+output and applies what the one-kernel form applies from its accumulators (bias, epilogue, cast, the
+phase interleave).  The count is a ``sample_categorical`` decision of the design space (the rule's
+count its default), and the unsplit tile a design space of its own (``alternatives``).
+
 Declines (``cuda-direct`` serves): exact float32 and float64 (the tensor cores have no such
 arithmetic), architectures before sm_80, fewer than 16 channels per group on either side (depthwise layers),
 GEMMs with fewer than 16 rows, and transposed layers whose stride and dilation share a factor
@@ -102,6 +111,13 @@ PIPELINE_STAGES = 1
 #: and loop state.  ``nvcc -Xptxas -v`` (CUDA 13, no GPU needed), sm_80 and sm_90: 8-9 fragments
 #: per warp (64-72 floats) used 121-138 registers, 12 (96 floats) 165-170, none spilled.
 ACCUMULATOR_SHARE = 0.5
+#: Fewest reduction elements a K slice of a split-K kernel keeps (``split_candidates``).  Each slice
+#: writes its float32 partial sums to a workspace that a second kernel reads back: 8 bytes per output
+#: and slice.  A 32x32 block (the smallest tile, the one an unoccupied GPU gets) stages
+#: ``2 * k * (1/32 + 1/32)`` bytes of half operands per output for ``k`` reduction elements, so at 256
+#: (32 bytes) the workspace adds at most a quarter to the slice's memory traffic.  From that
+#: arithmetic, not measured (no GPU has run a split-K kernel yet).
+MIN_SLICE_K = 256
 #: Tiles its design space offers a search beside the rule's own (``alternatives``): the next ones in
 #: rank order that schedule and verify.  On the H100 sweep the fastest tile of a layer ranked among
 #: the first 8 of 53 in every case, and tiles of one layer differed 2-4x (same sweep).
@@ -129,6 +145,7 @@ class Config:
     stages: int = 1    # chunks of A and B in shared memory at once (software pipeline depth)
     input_vector: int = 1   # input elements per global load (``input_vector``; 1: a pixel each)
     a_staged: str = A_KM    # A in shared memory as [k, m] (NCHW inputs) or [m, k] (A_MK: NHWC inputs)
+    split_k: int = 1   # K slices computed by separate thread blocks, summed by a second kernel
 
     @property
     def block_m(self) -> int:
@@ -229,15 +246,49 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A
                for fm in range(1, MAX_FRAGMENTS + 1) for fn in range(1, MAX_FRAGMENTS + 1)
                if fm * fn <= accumulators and _little_waste(m_tiles, warps_m, fm)
                and _little_waste(n_tiles, warps_n, fn)]
-    sms = multiprocessors(target)
-    warps_per_sm = NHWC_OCCUPANCY_WARPS if a_staged == A_MK else OCCUPANCY_WARPS
+    wanted = _wanted_warps(target, a_staged)
 
     def rank(c: Config):
-        blocks = gemm.batch * -(-m_tiles // (c.warps_m * c.frags_m)) * -(-n_tiles // (c.warps_n * c.frags_n))
-        occupied = blocks * c.warps_m * c.warps_n >= warps_per_sm * sms
+        occupied = _warps(gemm, c) >= wanted
         fragments = c.frags_m * c.frags_n
         return occupied, fragments if occupied else -fragments, c.frags_n, c.chunk_k
     return sorted((c for c in fitting if c.shared_bytes() <= limit), key=rank, reverse=True)
+
+
+def _wanted_warps(target, a_staged: str) -> int:
+    """Warps the GPU is kept busy with (``OCCUPANCY_WARPS`` or ``NHWC_OCCUPANCY_WARPS`` per SM)."""
+    return (NHWC_OCCUPANCY_WARPS if a_staged == A_MK else OCCUPANCY_WARPS) * multiprocessors(target)
+
+
+def _warps(gemm: Gemm, config: Config) -> int:
+    """Warps of the whole grid: every GEMM's block tiles, times the K slices."""
+    m_tiles, n_tiles = -(-gemm.m // FRAGMENT), -(-gemm.n // FRAGMENT)
+    blocks = gemm.batch * -(-m_tiles // (config.warps_m * config.frags_m)) \
+        * -(-n_tiles // (config.warps_n * config.frags_n))
+    return blocks * config.split_k * config.warps_m * config.warps_n
+
+
+def split_candidates(gemm: Gemm, config: Config, spec, layout: str = "NCHW") -> List[int]:
+    """The K slice counts a split-K kernel of ``config`` may take, 2 and up: those that divide its
+    reduction chunks into equal slices (for a channel-blocked NHWC GEMM, ``gemm_of``, its channel
+    blocks, so that a slice is whole blocks of every tap) of at least ``MIN_SLICE_K`` elements."""
+    chunks = -(-gemm.k // config.chunk_k)
+    units = spec.in_channels // spec.groups // config.chunk_k if _channel_blocked(spec, layout, config.chunk_k) \
+        else chunks
+    return [s for s in range(2, units + 1) if units % s == 0 and chunks // s * config.chunk_k >= MIN_SLICE_K]
+
+
+def choose_split(gemm: Gemm, config: Config, target, spec, layout: str = "NCHW") -> int:
+    """``config``'s K slices: 1 where its blocks keep the GPU busy (``_wanted_warps``), else the
+    fewest of ``split_candidates`` that do, or the most there are.  Small-batch deep layers need
+    them: Conv2d(512, 512, 3) on 1x512x7x7 is a GEMM of 49 x 512 x 4608, 32 blocks of 32x32 for 132
+    SMs, while its K holds 72 chunks of 64."""
+    wanted = _wanted_warps(target, config.a_staged)
+    if _warps(gemm, config) >= wanted:
+        return 1
+    candidates = split_candidates(gemm, config, spec, layout)
+    enough = [s for s in candidates if _warps(gemm, replace(config, split_k=s)) >= wanted]
+    return (enough or candidates or [1])[0 if enough else -1]
 
 
 def shared_memory_limit(target, a_staged: str = A_KM) -> int:
@@ -344,8 +395,9 @@ def _ndim(sch: s_tir.Schedule, block, kind: str) -> int:
 class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
     #: 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no
-    #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``)
-    version = 4
+    #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``);
+    #: 5: split-K where the blocks leave the GPU idle (``choose_split``)
+    version = 5
     layouts = ("NCHW", "NHWC")
 
     def apply(self, func, workload, target):
@@ -380,8 +432,7 @@ class CudaTensorCore(ScheduleRule):
         made = {}
 
         def attempt(config: Config) -> s_tir.Schedule:
-            made["tile"], sch = self.schedule_contiguous(
-                func, workload, replace(config, input_vector=input_vector(workload, config)))
+            made["tile"], sch = self.schedule_contiguous(func, workload, completed(config, gemm, workload, target))
             return sch
         sch = first_verified(ranked[0] if ranked else None, attempt, following.get,
                              verifying_target(target, a_staging(workload)))
@@ -401,14 +452,15 @@ class CudaTensorCore(ScheduleRule):
         ranked = ranked_configs(gemm, target, _element_bytes(workload), a_staging(workload))
         verifier = verifying_target(target, a_staging(workload))
         found: List[s_tir.Schedule] = []
-        for config in ranked:
+        # a split-K choice's tile without the split first: whether the second kernel pays is measured
+        unsplit = [replace(chosen, split_k=1)] if chosen.split_k > 1 else []
+        for config in unsplit + [completed(c, gemm, workload, target) for c in ranked]:
             if len(found) == SEARCH_TILES - 1:
                 break
             if replace(config, input_vector=1) == replace(chosen, input_vector=1):
                 continue                 # the rule's own tile (its input vector set by schedule_contiguous)
             try:
-                _, sch = self.schedule_contiguous(func, workload,
-                                                  replace(config, input_vector=input_vector(workload, config)))
+                _, sch = self.schedule_contiguous(func, workload, config)
             except s_tir.ScheduleError:
                 continue
             if passes_gpu_verification(sch.mod, verifier):
@@ -440,7 +492,7 @@ class CudaTensorCore(ScheduleRule):
         # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
         # are inlined into the shared copies below), store A as [k, m] (NCHW: a row of A one channel's
         # pixels) or leave it [m, k] (NHWC: a row one pixel's taps, channels innermost).
-        _, to_gemm = gemm_of(sch, spec, workload.layout, config.chunk_k)
+        gemm, to_gemm = gemm_of(sch, spec, workload.layout, config.chunk_k)
         sch.transform_block_layout(conv, to_gemm)
         a_view = sch.reindex(conv, ("read", 0))
         sch.reindex(conv, ("read", 1))
@@ -451,9 +503,19 @@ class CudaTensorCore(ScheduleRule):
         # the write-back skips the padding.
         sch.pad_einsum(conv, [1] * (len(sch.get_loops(conv)) - 3) + [config.block_m, config.block_n,
                                                                     config.chunk_k])
-        epilogue = _epilogue(sch, spec)
+        slices = []
+        if config.split_k > 1:
+            # Step 2b. Split-K: the GEMM of each K slice (``rfactor``) is what the tiles below compute,
+            # their partial sums staged in shared memory and written to a float32 workspace.
+            conv, epilogue = _split_reduction(sch, conv, config, split_candidates(gemm, config, spec,
+                                                                                  workload.layout))
+            *batch, m, n, slice_, k = sch.get_loops(conv)
+            sch.reorder(slice_, *batch, m, n)
+            slices = [slice_]
+        else:
+            epilogue = _epilogue(sch, spec)
+            *batch, m, n, k = sch.get_loops(conv)
         # Step 3. Tile: fragments of 16x16x16 (blockized for the intrinsics), warps, thread blocks.
-        *batch, m, n, k = sch.get_loops(conv)
         m, m_frag = sch.split(m, [None, FRAGMENT])
         n, n_frag = sch.split(n, [None, FRAGMENT])
         k, k_frag = sch.split(k, [None, FRAGMENT])
@@ -469,8 +531,9 @@ class CudaTensorCore(ScheduleRule):
             # the input's index is the tap's offset plus the chunk's channels, plainly consecutive
             k_block, k_chunk = sch.split(k_chunk, [None, spec.kernel_size[0] * spec.kernel_size[1]])
             k_outer = [k_block]
-        sch.reorder(*phases, group, m_block, n_block, m_warp, n_warp, *k_outer, k_chunk, k_step, m_inner, n_inner)
-        grid = sch.fuse(group, m_block, n_block)  # neighbouring blocks share their A rows
+        sch.reorder(*phases, *slices, group, m_block, n_block, m_warp, n_warp, *k_outer, k_chunk, k_step,
+                    m_inner, n_inner)
+        grid = sch.fuse(*slices, group, m_block, n_block)  # neighbouring blocks share their A rows
         warp = sch.fuse(m_warp, n_warp)
         sch.bind(grid, "blockIdx.x")
         # The transposed form's phases get grid axes of their own: fused, TVM's region analysis
@@ -521,15 +584,24 @@ class CudaTensorCore(ScheduleRule):
         _, e_warp, e_lane = sch.split(sch.fuse(e_m, e_n), [None, warps, WARP])
         sch.bind(e_warp, "threadIdx.y")
         sch.bind(e_lane, "threadIdx.x")
-        if spec.transposed:
+        if config.split_k > 1:
+            _slice_sum_kernel(sch, spec)
+        elif spec.transposed:
             _interleave_kernel(sch)
         # Step 7. Tensorize: ldmatrix, mma.sync, zero fill, fragment store.
+        inner_init = sch.get(conv).name_hint + "_init"       # "conv_init", or split-K's "conv_rf_init"
         sch.tensorize(loads[0], names["load_a"])
         sch.tensorize(loads[1], names["load_b"])
         sch.tensorize(sch.get_loops(conv)[-3], names["compute"])
-        sch.tensorize(sch.get_loops(sch.get_sblock("conv_init"))[-2], names["init"])
+        sch.tensorize(sch.get_loops(sch.get_sblock(inner_init))[-2], names["init"])
         sch.tensorize(store, names["store"])
         return sch
+
+
+def completed(config: Config, gemm: Gemm, workload, target) -> Config:
+    """A ranked tile with what follows from it for ``workload``: its input vector and its K slices."""
+    config = replace(config, input_vector=input_vector(workload, config))
+    return replace(config, split_k=choose_split(gemm, config, target, workload.spec, workload.layout))
 
 
 def _epilogue(sch: s_tir.Schedule, spec):
@@ -542,6 +614,42 @@ def _epilogue(sch: s_tir.Schedule, spec):
         sch.reverse_compute_inline(sch.get_sblock("conv_reindex"))
         return sch.get_sblock("conv_reindex_pad")
     return sch.get_sblock("conv_reindex")
+
+
+def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List[int]):
+    """Split the GEMM's K into ``config.split_k`` slices, a sampled decision over ``candidates``
+    (``split_candidates``; the rule's count its default), and make each slice's GEMM a block of its
+    own (``rfactor``), writing ``[slice, group, (phase,) m, n]`` partial sums.  Those go through
+    shared memory (where the accumulator fragments are written back, as without split-K) to a
+    float32 workspace, ``[.., n, m]`` for NCHW kernels (whose copy threads run along M, as their
+    output's).  Returns (the slices' GEMM block, the copy into the workspace)."""
+    if config.split_k not in candidates:
+        raise ValueError(f"{config.split_k} K slices are none of this GEMM's {candidates}")
+    count = sch.sample_categorical(candidates, [1 / len(candidates)] * len(candidates),
+                                   decision=candidates.index(config.split_k))
+    slices, _ = sch.split(sch.get_loops(conv)[-1], [count, None])
+    partial = sch.rfactor(slices, factor_axis=0)
+    to_workspace = sch.cache_write(partial, 0, "shared.dyn")
+    if config.a_staged == A_KM:
+        sch.transform_layout(to_workspace, ("write", 0), _swap_last(_ndim(sch, to_workspace, "write")))
+    return partial, to_workspace
+
+
+def _slice_sum_kernel(sch: s_tir.Schedule, spec) -> None:
+    """Split-K's second kernel: per output element, the sum of the slices' partial sums, then what
+    the one-kernel form writes from its accumulators (un-padding, the transposed form's phase
+    interleave, bias, epilogue, cast); 256 threads (8 warps) per block along the output's innermost
+    axis (the workspace's too)."""
+    for name in ("conv_reindex_pad", "conv_reindex", "interleave"):
+        if has_block(sch, name):
+            sch.compute_inline(sch.get_sblock(name))
+    out = sch.get_sblock("output")
+    blocks, threads = sch.split(sch.fuse(*sch.get_loops(out)), [None, 8 * WARP])
+    sch.bind(blocks, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+    total = sch.get_sblock("conv")
+    sch.compute_at(total, threads)
+    sch.set_scope(total, 0, "local")       # each thread's sum in a register
 
 
 def _weight_vector(spec, config: Config) -> int:

@@ -39,12 +39,12 @@ from compiler.spec import ConvSpec
 from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
-from schedules import CudaTensorCore
+from schedules import CudaTensorCore, cuda_tensorcore
 from schedules.gpu_verify import passes_gpu_verification
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
                                        OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
                                        gemm_of, pipeline_stages, ranked_configs, shared_memory_limit,
-                                       verifying_target)
+                                       split_candidates, verifying_target)
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
@@ -796,3 +796,150 @@ def test_other_tiles_are_design_spaces_that_compute_torchs_numbers(layer, dtype)
     for alternative in (spaces[1], spaces[-1]):
         y = _emulate(request, without_tensorize(alternative.schedule, build.prim_func(request)).mod, m, x)
         assert_output_matches(m, x, y)
+
+
+# Split-K (``Config.split_k``): the slices' GEMMs (``rfactor``) in one kernel, their sum in a second.
+
+#: (layer, operand type, layout) the emulation splits: every staging the rule has (A [k, m] and
+#: [m, k], channel blocks, K padded to whole chunks, groups, the transposed form's phases, TF32)
+SPLIT_CASES = [("dense3x3", "float16", "NCHW"), ("odd_channels", "bfloat16", "NCHW"),
+               ("odd_no_bias", "tf32", "NCHW"), ("grouped", "float16", "NCHW"),
+               ("transposed", "bfloat16", "NCHW"), ("transposed_grouped", "float16", "NCHW"),
+               ("channel_blocks", "float16", "NHWC"), ("strided", "tf32", "NHWC"), ("dense3x3", "bfloat16", "NHWC")]
+
+
+def _split(layer: str, operands: str, layout: str, slices=max, epilogue=()):
+    """(request, function, schedule) of the rule's tile for ``layer`` split into ``slices(candidates)``
+    K slices, the candidates of slices of one chunk or more (``MIN_SLICE_K`` is a performance
+    threshold: the test layers' K is a few chunks; a K of one chunk is cut into 16-wide chunks)."""
+    spec, shape = LAYERS[layer]
+    request, target = _request(spec, shape, operands, epilogue, layout), resolve("cuda/sm_90")
+    func, workload = build.prim_func(request), build.workload_of(request)
+    tile, _ = CudaTensorCore().tile_and_schedule(func, workload, target)
+    gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
+    if gemm.k <= tile.chunk_k:                  # one chunk: split chunks of one mma step instead
+        tile = replace(tile, chunk_k=FRAGMENT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cuda_tensorcore, "MIN_SLICE_K", FRAGMENT)
+        candidates = split_candidates(gemm, tile, spec, layout)
+        assert candidates, f"{layer}: K of {gemm.k} cannot be split"
+        tile, sch = CudaTensorCore.schedule_contiguous(func, workload, replace(tile, split_k=slices(candidates)))
+    return request, func, sch
+
+
+def _emulated_matches(request, func, sch, layer: str, operands: str) -> None:
+    spec, shape = LAYERS[layer]
+    m = _module(spec, operands)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    y = _emulate(request, without_tensorize(sch, func).mod, m, x)
+    if request.tf32:
+        assert_tf32_numbers(m, x, y)
+    else:
+        assert_output_matches(m, x, y)
+
+
+@pytest.mark.parametrize("layer,dtype,layout", SPLIT_CASES)
+def test_split_k_computes_torchs_numbers(layer, dtype, layout):
+    """The most slices the layer's K allows, emulated: the workspace holds every slice's partial
+    sums and the second kernel adds them up, un-pads, interleaves phases, adds the bias, casts."""
+    request, func, sch = _split(layer, dtype, layout)
+    assert [i.kind.name for i in sch.trace.insts].count("RFactor") == 1
+    _emulated_matches(request, func, sch, layer, dtype)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_split_k_applies_the_fused_epilogue_in_the_second_kernel(layout):
+    """Residual add and ReLU after the slices are summed (not per slice)."""
+    spec, shape = LAYERS["dense3x3"]
+    request, func, sch = _split("dense3x3", "float16", layout, epilogue=("add", "relu"))
+    m = _module(spec, "float16")
+    x = torch.randn(*shape, dtype=torch.float16)
+    residual = torch.randn(request.output_shape, dtype=torch.float16)
+    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
+    tensors = [x, m.weight.detach(), m.bias.detach(), residual, y]
+    if layout == "NHWC":
+        tensors = [ops.in_layout(t, "NHWC") if t.dim() == 4 else t for t in tensors]
+    compile_serialised(without_tensorize(sch, func).mod)(*tensors)
+    exact = torch.relu(torch.nn.functional.conv2d(x.double(), m.weight.double(), m.bias.double(), padding=1)
+                       + residual.double())
+    magnitude = torch.nn.functional.conv2d(x.double().abs(), m.weight.double().abs(), m.bias.double().abs(),
+                                           padding=1) + residual.double().abs()
+    terms = spec.in_channels * 9 + 2      # the reference bound, the residual one more term
+    bound = terms * UNIT_ROUNDOFF[torch.float32] * magnitude + UNIT_ROUNDOFF[torch.float16] * exact.abs() + 1e-7
+    assert bool(((y.double() - exact).abs() <= bound).all())
+
+
+def test_split_k_count_is_a_sampled_decision_any_value_of_which_computes_torchs_numbers():
+    """The slice count is the design space's ``sample_categorical`` over ``split_candidates``, the
+    rule's count its default; the trace replayed with another count is a different, correct kernel."""
+    request, func, sch = _split("channel_blocks", "float16", "NCHW", slices=min)
+    (inst,) = [i for i in sch.trace.insts if i.kind.name == "SampleCategorical"]
+    candidates = [int(c) for c in inst.attrs[0]]
+    assert len(candidates) > 1 and int(sch.trace.decisions[inst]) == 0      # the rule's: the fewest
+    other = s_tir.Schedule(func)
+    sch.trace.with_decision(inst, len(candidates) - 1, remove_postproc=False).apply_to_schedule(
+        other, remove_postproc=False)
+    assert other.mod.script() != sch.mod.script()
+    _emulated_matches(request, func, other, "channel_blocks", "float16")
+
+
+#: ResNet-50's deep 3x3 layer at batch 1: a GEMM of 49 x 512 x 4608
+DEEP_BATCH_1 = (ConvSpec.conv2d(512, 512, 3, padding=1, bias=False), (1, 512, 7, 7))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_split_k_is_chosen_where_the_blocks_leave_the_gpu_idle(layout):
+    """Batch 1: the fewest slices (of at least ``MIN_SLICE_K``) whose blocks give the GPU the warps
+    the tiles aim for; batch 32 fills it without."""
+    target = resolve("cuda/sm_90")
+    spec, (_, channels, size, _) = DEEP_BATCH_1
+    wanted = (NHWC_OCCUPANCY_WARPS if layout == "NHWC" else OCCUPANCY_WARPS) * 132
+    for batch in (1, 32):
+        request = KernelRequest(spec, (batch, channels, size, size), "float16", None, layout=layout)
+        func, workload = build.prim_func(request), build.workload_of(request)
+        tile, _ = CudaTensorCore().tile_and_schedule(func, workload, target)
+        gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
+        warps = _warps_per_sm(gemm, tile, 132) * 132
+        if batch == 32:
+            assert tile.split_k == 1 and warps >= wanted
+            continue
+        candidates = split_candidates(gemm, tile, spec, layout)
+        assert tile.split_k in candidates and warps * tile.split_k >= wanted
+        assert all(warps * fewer < wanted for fewer in candidates if fewer < tile.split_k)
+        assert -(-gemm.k // tile.chunk_k) % tile.split_k == 0
+        assert gemm.k // tile.split_k >= cuda_tensorcore.MIN_SLICE_K
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_k_kernels_compile_with_mma_sync_and_no_spills(dtype, tmp_path):
+    """The batch-1 deep layer as the rule splits it, for sm_90: two kernels, the slices' with
+    mma.sync (and ldmatrix for the half types), the sum's without; no spills."""
+    spec, shape = DEEP_BATCH_1
+    request = _request(spec, shape, dtype)
+    target = resolve("cuda/sm_90")
+    func, workload = build.prim_func(request), build.workload_of(request)
+    tile, sch = CudaTensorCore().tile_and_schedule(func, workload, target)
+    assert tile.split_k > 1
+    with compile_context(target):
+        source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    kernels = [k for k in re.split(r'extern "C" __global__', source)[1:] if not k.split("{")[0].endswith(";\n")]
+    assert len(kernels) == 2                   # (the definitions, not the declarations before them)
+    assert PTX_MMA[dtype].split(".")[0] + "." in kernels[0] and "mma" not in kernels[1]
+    # the second kernel's only memory: the workspace and the output (the sum in a register)
+    assert kernels[1].split("{")[0].count("__restrict__") == 2
+    ptx = cuda_binary.compile_device_code(source, target, "ptx").decode()
+    assert PTX_MMA[dtype] in ptx and (dtype == "tf32" or "ldmatrix" in ptx)
+    report = ptxas_report(source, "sm_90", tmp_path)
+    assert len(report) == 2 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
+
+
+def test_the_unsplit_tile_is_the_first_other_design_space():
+    """Whether split-K's second kernel pays is for a search to measure: the rule's tile without the
+    split is the design space after the rule's own."""
+    from compiler import space
+    spec, shape = DEEP_BATCH_1
+    request, target = _request(spec, shape, "float16"), resolve("cuda/sm_90")
+    spaces = space.design_spaces(request, target, "ours")
+    kinds = [[i.kind.name for i in s.schedule.trace.insts] for s in spaces]
+    assert "RFactor" in kinds[0] and "RFactor" not in kinds[1]
