@@ -943,3 +943,28 @@ def test_the_unsplit_tile_is_the_first_other_design_space():
     spaces = space.design_spaces(request, target, "ours")
     kinds = [[i.kind.name for i in s.schedule.trace.insts] for s in spaces]
     assert "RFactor" in kinds[0] and "RFactor" not in kinds[1]
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layer", [(compiler.Conv2d, dict(in_channels=512, out_channels=512, kernel_size=3, padding=1),
+                                    (1, 512, 7, 7)),
+                                   (compiler.ConvTranspose2d, dict(in_channels=512, out_channels=256, kernel_size=4,
+                                                                   stride=2, padding=1), (1, 512, 8, 8))],
+                         ids=["conv3x3", "transposed"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_split_k_modules_on_the_gpu_match_torch(layer, dtype, channels_last):
+    """Batch-1 deep layers, which the rule splits on sm_80+ GPUs (up to 132 SMs), run and match."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tensor cores need sm_80+")
+    cls, args, shape = layer
+    m = cls(**args, device="cuda", dtype=TORCH_DTYPE[dtype])
+    m.tuning_database = False
+    x = torch.randn(*shape, device="cuda", dtype=TORCH_DTYPE[dtype])
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = m(x)
+    assert m.schedule == "cuda-tensorcore"
+    assert_output_matches(m, x, y)
