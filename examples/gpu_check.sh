@@ -7,6 +7,9 @@
 #                                                                 machine lacks: MetaSchedule's cost model)
 #               python examples/tensorcore_sweep.py build .sweep --smem 227 [--layout NHWC] [--occupancies 8,4]
 #                                                                (tile sweep, nvcc here, 1-3 min)
+#               or, for split-K: ... build .sweep --smem 227 --batch 1 --splits [--layout NHWC]
+#                                                                (every K slice count of the hand tile at
+#                                                                 batch 1; then `sweep-bench f16-b1 f16-b1-cl`)
 #               bash examples/gpu_check.sh dry                   (every command below, --dry-run, on the CPU)
 #               (cd .gpukit && split -b 30M compiler.so.xz compiler.so.xz.part-)
 #                   the tracked files (12 MB with tuning_logs/) and the 57 MB compiler no longer fit one

@@ -10,6 +10,7 @@ against cuDNN with CUDA events, both memory formats.
 
     python examples/tensorcore_sweep.py build .sweep --arch sm_90          # here (nvcc)
     python examples/tensorcore_sweep.py build .sweep --layout NHWC          # channels_last kernels
+    python examples/tensorcore_sweep.py build .split --batch 1 --splits     # split-K counts, batch 1
     python examples/tensorcore_sweep.py run .sweep $OUT/sweep.json         # on the GPU machine
 
 ``--smem KB`` builds for a larger shared-memory limit than the 48 KB static one (TVM's CUDA runtime
@@ -90,6 +91,16 @@ def occupancy_candidates(gemm, target, element_bytes, hand, occupancies, a_stage
     return chosen
 
 
+def split_candidates_of(gemm, hand, spec, layout):
+    """The hand choice, then its tile with every other K slice count it allows (1, unsplit, included):
+    whether split-K pays, and at what count (``schedules.cuda_tensorcore.choose_split``)."""
+    from dataclasses import replace
+
+    from schedules.cuda_tensorcore import split_candidates
+    return [hand] + [replace(hand, split_k=s) for s in [1] + split_candidates(gemm, hand, spec, layout)
+                     if s != hand.split_k]
+
+
 def build(args) -> None:
     import tvm
 
@@ -98,7 +109,7 @@ def build(args) -> None:
     from compiler.request import KernelRequest
     from dataclasses import replace
 
-    from schedules.cuda_tensorcore import CudaTensorCore, gemm_of, input_vector
+    from schedules.cuda_tensorcore import CudaTensorCore, gemm_of, input_vector, verifying_target
     from schedules.gpu_verify import passes_gpu_verification
     from targets import resolve
     from targets.cuda import compile_context
@@ -118,13 +129,17 @@ def build(args) -> None:
         spec = parse_layer(text)._spec()
         if spec.transposed and args.layout != "NCHW":
             continue                                     # NHWC is the forward conv2d's
+        if args.batch:
+            shape = (args.batch, *shape[1:])
         request = KernelRequest(spec, shape, "float32" if tf32 else dtype, tf32=tf32, layout=args.layout)
         func = kbuild.prim_func(request)
         workload = kbuild.workload_of(request)
         gemm, _ = gemm_of(s_tir.Schedule(func), request.spec, args.layout)
         element_bytes = 4 if tf32 else 2
         hand, hand_sch = CudaTensorCore().tile_and_schedule(func, workload, base)
-        if args.occupancies:
+        if args.splits:
+            pool = split_candidates_of(gemm, hand, spec, args.layout)
+        elif args.occupancies:
             pool = occupancy_candidates(gemm, target, element_bytes, hand,
                                         [int(w) for w in args.occupancies.split(",")], hand.a_staged)
         else:
@@ -136,7 +151,8 @@ def build(args) -> None:
                 else:
                     config, sch = CudaTensorCore.schedule_contiguous(
                         func, workload, replace(config, input_vector=input_vector(workload, config)))
-                if n and not passes_gpu_verification(sch.mod, target):
+                    verifier = verifying_target(target, hand.a_staged) if args.splits else target
+                if n and not passes_gpu_verification(sch.mod, verifier):
                     continue
                 with compile_context(target):
                     lib = tvm.compile(sch.mod, target=target)
@@ -242,6 +258,10 @@ def main() -> None:
     b.add_argument("--occupancies", default="",
                    help="instead of random configurations: the rule's tile at each of these OCCUPANCY_WARPS, "
                         "e.g. 8,4,3 (and each with a 2-stage pipeline)")
+    b.add_argument("--splits", action="store_true",
+                   help="instead of random configurations: the hand tile at every K slice count it allows "
+                        "(split-K; with --batch 1, where the rule splits)")
+    b.add_argument("--batch", type=int, default=0, help="every layer at this batch (default: 32, as listed)")
     b.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
                    help="the kernels' activation layout (NHWC: channels_last tensors read in place)")
     r = sub.add_parser("run")
