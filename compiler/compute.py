@@ -1,5 +1,5 @@
 """Tensor-expression definitions of conv2d and conv_transpose2d (NCHW), one per operator family,
-and of their gradient kernels (weight, padded input folded back, bias).  A forward conv2d request may
+and of their gradient kernels (weight, padded input folded back, bias).  A forward request may
 instead be ``NHWC`` (``request.LAYOUTS``): the same compute, its tensors indexed through
 :class:`_Physical` views, the reduction ordered ``rh, rw, rc``.
 
@@ -240,9 +240,13 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     ``conv[n, co, rh_phase, rw_phase, q_h, q_w]``, reducing over ``j < ceil(k/s')`` only, and within a
     phase the taps are the same for every pixel: a dense sub-convolution.  ``output`` interleaves the
     phases back into NCHW and adds the bias.
+
+    An NHWC request (channels_last input and output; the weight ``[ci, kh, kw, co/groups]``, the
+    channels_last bytes of torch's ``[ci, co/groups, kh, kw]``) stores ``conv`` as ``[n, rh_phase,
+    rw_phase, q_h, q_w, co]`` and reduces over ``rh, rw, rc``, the channels innermost as the input's.
     """
-    spec, input_shape, dtype = request.spec, request.input_shape, request.dtype
-    x, w, b = _placeholders(spec, input_shape, dtype)
+    spec, input_shape, dtype, layout = request.spec, request.input_shape, request.dtype, request.layout
+    x, w, b = _placeholders(spec, input_shape, dtype, layout=layout)
     acc = ACCUMULATE_DTYPE[dtype]
     n, _, h, wd = input_shape
     _, _, oh_size, ow_size = request.output_shape
@@ -308,12 +312,17 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
                 ([tirx.floormod(rpw, gw) == 0] if gw > 1 else [])
         if conds:
             prod = tirx.if_then_else(tirx.all(*conds), prod, tirx.const(0, acc))
-        return te.sum(prod, axis=[rc, rh, rw])
+        return te.sum(prod, axis=[rc, rh, rw] if layout == NCHW else [rh, rw, rc])
 
-    phases = (n, spec.out_channels, sh, sw, qh_size, qw_size)
-    conv = te.compute(phases, body, name="conv")
-    interleaved = te.compute((n, spec.out_channels, oh_size, ow_size), lambda b_, co, oh, ow: conv[
-        b_, co, oh % sh, ow % sw, oh // sh, ow // sw], name="interleave")
+    if layout == NCHW:
+        conv = te.compute((n, spec.out_channels, sh, sw, qh_size, qw_size), body, name="conv")
+        interleaved = te.compute((n, spec.out_channels, oh_size, ow_size), lambda b_, co, oh, ow: conv[
+            b_, co, oh % sh, ow % sw, oh // sh, ow // sw], name="interleave")
+    else:
+        conv = te.compute((n, sh, sw, qh_size, qw_size, spec.out_channels),
+                          lambda n_, ph, pw, qh, qw, co: body(n_, co, ph, pw, qh, qw), name="conv")
+        interleaved = _compute((n, spec.out_channels, oh_size, ow_size), lambda b_, co, oh, ow: conv[
+            b_, oh % sh, ow % sw, oh // sh, ow // sw, co], "interleave", layout)
     return _finish(request, x, w, b, interleaved)
 
 

@@ -234,7 +234,7 @@ def plan(spec: ConvSpec, x_shape, dtype: torch.dtype, device: torch.device, outp
     request = KernelRequest(spec, tuple(x_shape), REAL_DTYPES[dtype], output_padding, epilogue=epilogue,
                             tf32=tf32 and has_tf32(target))
     out_shape = request.output_shape                          # raises torch's errors
-    if layout != NCHW and not spec.transposed and build_takes(replace(request, layout=layout), target):
+    if layout != NCHW and build_takes(replace(request, layout=layout), target):
         request = replace(request, layout=layout)
     kernel = None                  # nothing to compute: no kernel for empty outputs or meta tensors
     if x_shape[0] != 0 and 0 not in out_shape and device.type != "meta":

@@ -19,8 +19,9 @@ ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid", "
 ADD = "add"
 #: Memory layouts of a kernel's activations (input, residual, output): torch's default ``NCHW``, or
 #: ``NHWC``, the bytes of a ``torch.channels_last`` tensor, read in place with the weight as
-#: ``[co, kh, kw, ci/groups]`` (a channels_last weight's bytes).  ``input_shape`` stays NCHW either way.
-#: NHWC serves forward conv2d (the tensor-core rule's 16-byte channel loads); the rest is NCHW only.
+#: ``[co, kh, kw, ci/groups]`` (a channels_last weight's bytes; a transposed layer's ``[ci, kh, kw,
+#: co/groups]``).  ``input_shape`` stays NCHW either way.  NHWC serves the forward operators (the
+#: tensor-core rule's 16-byte channel loads); the gradients are NCHW only.
 NCHW, NHWC = "NCHW", "NHWC"
 LAYOUTS = (NCHW, NHWC)
 #: What a kernel computes for its layer: the forward pass; the gradient of the weight (arguments
@@ -84,8 +85,8 @@ class KernelRequest:
             object.__setattr__(self, "output_padding", None)
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} is not supported: expected one of {LAYOUTS}")
-        if self.layout != NCHW and (self.spec.transposed or self.operator != FORWARD):
-            raise ValueError(f"layout {self.layout} is defined for the forward conv2d only")
+        if self.layout != NCHW and self.operator != FORWARD:
+            raise ValueError(f"layout {self.layout} is defined for the forward operators only")
         if not isinstance(self.epilogue, Epilogue):
             object.__setattr__(self, "epilogue", Epilogue(self.epilogue))
         if self.operator not in OPERATORS:

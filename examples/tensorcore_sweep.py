@@ -127,8 +127,6 @@ def build(args) -> None:
     for index, (text, shape, dtype) in enumerate(LAYERS):
         tf32 = dtype == "tf32"
         spec = parse_layer(text)._spec()
-        if spec.transposed and args.layout != "NCHW":
-            continue                                     # NHWC is the forward conv2d's
         if args.batch:
             shape = (args.batch, *shape[1:])
         request = KernelRequest(spec, shape, "float32" if tf32 else dtype, tf32=tf32, layout=args.layout)

@@ -34,6 +34,12 @@ The accumulators go through shared memory (float32, reusing the staging space) t
 activations) and the cast are applied there and written coalesced to NCHW.  The transposed form's
 phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does).
 
+NHWC (channels_last tensors read and written in place, ``compiler.request.LAYOUTS``): A is staged
+``[m, k]``, K ordered (kh, kw, c) or by channel blocks (``gemm_of``), so a row of A is runs of one
+pixel's channels and loads 16 bytes at a time; the epilogue's threads run along N (consecutive
+channels of a pixel).  The transposed form's phase GEMMs the same way (``conv`` stored ``[n, phase_h,
+phase_w, q_h, q_w, co]``), its weight ``[ci, kh, kw, co]`` read a tap per copy.
+
 Split-K (``Config.split_k``): where even the smallest tiles leave the GPU short of warps (small
 batches of deep layers: at batch 1, Conv2d(512, 512, 3) on 7x7 is a GEMM of 49 x 512 x 4608), K is
 cut into equal slices of whole chunks (``split_candidates``, ``choose_split``), each slice's GEMM
@@ -329,8 +335,7 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
     order makes every chunk start so."""
     extents = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars]
     if layout == "NHWC":
-        batch, height, width, channels, rh, rw, rc = extents
-        phases = []
+        batch, *phases, height, width, channels, rh, rw, rc = extents
     else:
         batch, channels, *phases, height, width, rc, rh, rw = extents
     per_group = channels // spec.groups
@@ -340,9 +345,10 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
         *phase, h, w, c, r, s = rest
         return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, (c * rh + r) * rw + s)
 
-    def nhwc_to_gemm(n, h, w, co, r, s, c):
+    def nhwc_to_gemm(n, *rest):
+        *phase, h, w, co, r, s, c = rest
         k = ((c // block) * rh * rw + r * rw + s) * block + c % block
-        return (co // per_group, (n * height + h) * width + w, co % per_group, k)
+        return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, k)
 
     gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
     return gemm, IndexMap.from_func(nhwc_to_gemm if layout == "NHWC" else to_gemm, ndim=len(extents),
@@ -354,8 +360,16 @@ def _channel_blocked(spec, layout: str, chunk_k: Optional[int]) -> bool:
     has several taps and a chunk divides a group's channels and is fewer than them (otherwise the
     order is the same as ``(kh, kw, c)``)."""
     per_group = spec.in_channels // spec.groups
-    return layout == "NHWC" and bool(chunk_k) and spec.kernel_size[0] * spec.kernel_size[1] > 1 \
-        and per_group % chunk_k == 0 and chunk_k < per_group
+    return layout == "NHWC" and bool(chunk_k) and _taps(spec) > 1 and per_group % chunk_k == 0 \
+        and chunk_k < per_group
+
+
+def _taps(spec) -> int:
+    """Kernel taps of one GEMM: the kernel's, or a transposed layer's per output phase (``ceil(k / s)``
+    along each axis; the rule takes only strides and dilations without a common factor)."""
+    if spec.transposed:
+        return math.prod(-(-k // s) for k, s in zip(spec.kernel_size, spec.stride))
+    return spec.kernel_size[0] * spec.kernel_size[1]
 
 
 def a_staging(workload) -> str:
@@ -396,7 +410,7 @@ class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
     #: 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no
     #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``);
-    #: 5: split-K where the blocks leave the GPU idle (``choose_split``)
+    #: 5: split-K where the blocks leave the GPU idle (``choose_split``); transposed layers in NHWC
     version = 5
     layouts = ("NCHW", "NHWC")
 
@@ -529,7 +543,7 @@ class CudaTensorCore(ScheduleRule):
         if _channel_blocked(spec, workload.layout, config.chunk_k):
             # chunks in (channel block, tap) order (``gemm_of``): the tap a loop of its own, so that
             # the input's index is the tap's offset plus the chunk's channels, plainly consecutive
-            k_block, k_chunk = sch.split(k_chunk, [None, spec.kernel_size[0] * spec.kernel_size[1]])
+            k_block, k_chunk = sch.split(k_chunk, [None, _taps(spec)])
             k_outer = [k_block]
         sch.reorder(*phases, *slices, group, m_block, n_block, m_warp, n_warp, *k_outer, k_chunk, k_step,
                     m_inner, n_inner)

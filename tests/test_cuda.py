@@ -133,7 +133,7 @@ def test_channels_last_on_the_gpu_reads_nhwc_in_place(variant, dtype, weights):
     y = assert_matches_torch(m, x)
     assert y.is_contiguous(memory_format=torch.channels_last)
     nhwc = m.last_request.layout == "NHWC"
-    assert nhwc == (m.schedule == "cuda-tensorcore" and not spec.transposed)
+    assert nhwc == (m.schedule == "cuda-tensorcore")
     # the repeated call (module._repeat) on new values: the same kernel and layout, no copies
     x2 = torch.randn_like(x)
     with torch.no_grad():
@@ -192,6 +192,20 @@ def test_random_channels_last_half_conv2d_on_the_gpu(case):
     m = compiler.Conv2d(*args, **kw, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
     x = torch.randn(*shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     assert_matches_torch(m, x)
+
+
+@needs_gpu
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_transpose2d_cases())
+def test_random_channels_last_half_conv_transpose2d_on_the_gpu(case):
+    """Random transposed layers with 16x the channels: NHWC tensor-core kernels where the rule takes
+    them (strides and dilations without a common factor), NCHW ones with copies elsewhere."""
+    (in_ch, out_ch, kernel), kw, shape = case
+    args, shape = (16 * in_ch, 16 * out_ch, kernel), (shape[0], 16 * shape[1], *shape[2:])
+    m = compiler.ConvTranspose2d(*args, **kw, device="cuda", dtype=torch.float16).to(
+        memory_format=torch.channels_last)
+    x = torch.randn(*shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    assert assert_matches_torch(m, x).is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_gpu

@@ -18,7 +18,7 @@ from compiler.spec import ConvSpec
 from reference import assert_matches_torch, assert_output_matches, assert_within_bound
 from schedules import NoRule
 from targets import host_target, resolve
-from test_random_configs import conv2d_cases
+from test_random_configs import conv2d_cases, conv_transpose2d_cases
 
 
 def _run_unscheduled(request: KernelRequest, m: torch.nn.Conv2d, x, residual=None) -> torch.Tensor:
@@ -46,6 +46,21 @@ def test_nhwc_compute_is_torchs_conv2d(case):
     assert_output_matches(m, x, y, operand_roundoff=0.0)        # torch.nn's twin is itself
 
 
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_transpose2d_cases())
+def test_nhwc_compute_is_torchs_conv_transpose2d(case):
+    """Random transposed layers (groups, dilation, stride, output padding, phases without taps), the
+    weight as the channels_last bytes of torch's ``[ci, co/groups, kh, kw]``."""
+    args, kw, shape = case
+    m = torch.nn.ConvTranspose2d(*args, **kw, dtype=torch.float64)
+    spec = ops.layer_spec(True, m.weight.shape, m.bias is not None, m.stride, m.padding, m.dilation, m.groups,
+                          "zeros", m.output_padding)
+    x = torch.randn(*shape, dtype=torch.float64)
+    y = _run_unscheduled(KernelRequest(spec, shape, "float64", spec.output_padding, layout="NHWC"), m, x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_output_matches(m, x, y, operand_roundoff=0.0)
+
+
 def test_nhwc_compute_applies_the_epilogue_to_a_channels_last_residual():
     m = torch.nn.Conv2d(8, 12, 3, padding=1, dtype=torch.float64)
     spec = ops.layer_spec(False, m.weight.shape, True, m.stride, m.padding, m.dilation, 1, "zeros", (0, 0))
@@ -57,11 +72,12 @@ def test_nhwc_compute_applies_the_epilogue_to_a_channels_last_residual():
     torch.testing.assert_close(y, exact, rtol=1e-12, atol=1e-12)
 
 
-def test_nhwc_is_a_forward_conv2d_layout():
+def test_nhwc_is_a_forward_layout():
     conv = ConvSpec.conv2d(16, 16, 3, padding=1)
-    with pytest.raises(ValueError, match="forward conv2d only"):
-        KernelRequest(ConvSpec.conv_transpose2d(16, 16, 3), (1, 16, 8, 8), "float16", layout="NHWC")
-    with pytest.raises(ValueError, match="forward conv2d only"):
+    transposed = KernelRequest(ConvSpec.conv_transpose2d(16, 16, 3), (1, 16, 8, 8), "float32", layout="NHWC")
+    with pytest.raises(NoRule):             # the CPU's transposed rules read NCHW only
+        build.schedule(transposed, host_target())
+    with pytest.raises(ValueError, match="forward operators only"):
         KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NHWC", operator="weight_grad")
     with pytest.raises(ValueError, match="not supported"):
         KernelRequest(conv, (1, 16, 8, 8), "float32", layout="NCWH")
@@ -74,13 +90,18 @@ def test_nhwc_is_a_forward_conv2d_layout():
     (ConvSpec.conv2d(32, 64, 3, padding=1), (2, 32, 8, 8), "NHWC", "cuda-tensorcore"),
     # depthwise: no tensor-core kernel, so no NHWC one: the call takes the NCHW kernel
     (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (2, 32, 8, 8), "NCHW", "cuda-direct"),
-    # the transposed form is NCHW only
-    (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8), "NCHW", "cuda-tensorcore"),
+    # the transposed form too, where the tensor-core rule takes it
+    (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8), "NHWC", "cuda-tensorcore"),
+    # ... not where stride and dilation share a factor (phases without taps): cuda-direct, NCHW
+    (ConvSpec.conv_transpose2d(32, 16, 3, stride=2, dilation=2), (1, 32, 8, 8), "NCHW", "cuda-direct"),
+    # and a channels_last transposed call on the CPU takes NCHW (its transposed rules read NCHW only)
+    (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8), "NCHW", "cpu-transposed-phase"),
 ])
 def test_a_gpu_call_asks_for_nhwc_and_falls_back_to_nchw(layer, shape, layout, rule):
-    """``ops.plan`` with NHWC asked (what ``kernel_layout`` asks for channels_last CUDA tensors)."""
-    out_shape, kernel, request = ops.plan(layer, shape, torch.float16, torch.device("cpu"), layer.output_padding
-                                          if layer.transposed else None, Epilogue(), resolve("cuda/sm_90"), False,
+    """``ops.plan`` with NHWC asked (what ``kernel_layout`` asks for channels_last tensors)."""
+    target, dtype = (host_target(), torch.float32) if rule.startswith("cpu") else (resolve("cuda/sm_90"), torch.float16)
+    out_shape, kernel, request = ops.plan(layer, shape, dtype, torch.device("cpu"), layer.output_padding
+                                          if layer.transposed else None, Epilogue(), target, False,
                                           layer.weight_shape, (layer.out_channels,), layout="NHWC")
     assert request.layout == kernel.request.layout == layout
     assert kernel.schedule == rule and out_shape == request.output_shape

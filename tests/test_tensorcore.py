@@ -178,16 +178,18 @@ def test_tensorcore_schedule_computes_torchs_numbers(layer, dtype, arch):
     _emulate_and_compare(layer, dtype, arch)
 
 
-#: The conv2d layers in NHWC (the transposed form stays NCHW): the rule's [m, k] staging of A,
-#: 16-byte channel loads where a group's channels are whole vectors (odd_channels: 17; reflect: the
-#: padding's index map defeats the vectorizer, and the rule reads a channel per copy)
-NHWC_LAYERS = tuple(name for name, (spec, _) in LAYERS.items() if not spec.transposed)
+#: Every layer in NHWC: the rule's [m, k] staging of A, 16-byte channel loads where a group's
+#: channels are whole vectors (odd_channels: 17; reflect: the padding's index map defeats the
+#: vectorizer, and the rule reads a channel per copy); the transposed form's phases too
+NHWC_LAYERS = tuple(LAYERS)
 
 
 #: every layer in float16; bfloat16 differs from it only in the mma's type name, TF32 in its
-#: fragment loads: each on the layers whose staging differs (vectors, channel blocks, no vectors)
+#: fragment loads: each on the layers whose staging differs (vectors, channel blocks, no vectors,
+#: phases)
 NHWC_CASES = [(layer, "float16") for layer in NHWC_LAYERS] + [
-    (layer, dtype) for dtype in ("bfloat16", "tf32") for layer in ("dense3x3", "channel_blocks", "odd_channels")]
+    (layer, dtype) for dtype in ("bfloat16", "tf32")
+    for layer in ("dense3x3", "channel_blocks", "odd_channels", "transposed_grouped")]
 
 
 @pytest.mark.parametrize("layer,dtype", NHWC_CASES)
@@ -273,6 +275,24 @@ def test_nhwc_input_is_staged_in_16_byte_copies(layer, dtype):
     expected = {16} if vector else ({4} if dtype == "tf32" else set())
     assert {size for tensor, size in copies if tensor == "input"} == expected
     assert ("weight", 16) in copies or not vector
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_transposed_input_is_staged_in_16_byte_copies(dtype, tmp_path):
+    """A transposed layer's phase GEMMs in NHWC read the input's channels 16 bytes at a time
+    (``cp.async`` 16 in a pipeline); the weight, ``[ci, kh, kw, co]``, a tap per copy (its K is not
+    contiguous); plain ``ldmatrix`` for A; no spills."""
+    source, ptx = _ptx_and_source("transposed", dtype, "sm_90", layout="NHWC")
+    assert PTX_MMA[dtype] in ptx
+    if dtype != "tf32":
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx
+    assert re.search(r"\*\((uint4|float4)\*\)\(input_ptr \+ ", source)
+    for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
+        assert (stack, stores, loads) == (0, 0, 0) and registers <= 255
+    source, _ = _ptx_and_source("transposed", dtype, "sm_90", pipelined=True, layout="NHWC")
+    copies = {(tensor, int(size)) for _, size, tensor in CP_ASYNC_COPY.findall(source)}
+    assert {size for tensor, size in copies if tensor == "input"} == {16}
 
 
 CODEGEN_LAYERS = ("dense3x3", "odd_no_bias", "transposed")
