@@ -345,14 +345,17 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
         *phase, h, w, c, r, s = rest
         return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, (c * rh + r) * rw + s)
 
-    def nhwc_to_gemm(n, *rest):
-        *phase, h, w, co, r, s, c = rest
+    def nhwc_to_gemm(n, h, w, co, r, s, c):
         k = ((c // block) * rh * rw + r * rw + s) * block + c % block
-        return (co // per_group, *phase, (n * height + h) * width + w, co % per_group, k)
+        return (co // per_group, (n * height + h) * width + w, co % per_group, k)
+
+    def nhwc_phases_to_gemm(n, ph, pw, h, w, co, r, s, c):      # the transposed form's
+        g, m, n_, k = nhwc_to_gemm(n, h, w, co, r, s, c)
+        return (g, ph, pw, m, n_, k)
 
     gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
-    return gemm, IndexMap.from_func(nhwc_to_gemm if layout == "NHWC" else to_gemm, ndim=len(extents),
-                                    index_dtype="int32")
+    nhwc = nhwc_phases_to_gemm if phases else nhwc_to_gemm
+    return gemm, IndexMap.from_func(nhwc if layout == "NHWC" else to_gemm, ndim=len(extents), index_dtype="int32")
 
 
 def _channel_blocked(spec, layout: str, chunk_k: Optional[int]) -> bool:
