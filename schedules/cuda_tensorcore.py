@@ -456,10 +456,12 @@ class CudaTensorCore(ScheduleRule):
         return None if sch is None else (made["tile"], sch)
 
     def alternatives(self, func, workload, target) -> List[s_tir.Schedule]:
-        """The schedules of the next ``SEARCH_TILES`` - 1 tiles in rank order after the rule's own
-        that TVM schedules and verifies: the tile choice as design spaces of their own (a search
-        measures each; no trace of this rule can carry the tile as a sampled decision, since the
-        staging, vector widths and fragment layouts it implies are chosen in Python)."""
+        """Up to ``SEARCH_TILES`` - 1 schedules that TVM schedules and verifies beside the rule's own:
+        a split-K choice's tile unsplit, the rule's tile with the deepest software pipeline that fits
+        (``pipeline_stages``), then the next tiles in rank order.  The tile, the split and the pipeline
+        depth as design spaces of their own (a search measures each; no trace of this rule can carry
+        the tile or the depth as a sampled decision, since the staging, vector widths, fragment
+        layouts and multi-buffered shared memory they imply are chosen in Python)."""
         made = self.tile_and_schedule(func, workload, target)
         if made is None:
             return []
@@ -471,7 +473,9 @@ class CudaTensorCore(ScheduleRule):
         found: List[s_tir.Schedule] = []
         # a split-K choice's tile without the split first: whether the second kernel pays is measured
         unsplit = [replace(chosen, split_k=1)] if chosen.split_k > 1 else []
-        for config in unsplit + [completed(c, gemm, workload, target) for c in ranked]:
+        stages = pipeline_stages(chosen, gemm.k // chosen.split_k, shared_memory_limit(target, chosen.a_staged))
+        pipelined = [replace(chosen, stages=stages)] if stages > chosen.stages else []
+        for config in unsplit + pipelined + [completed(c, gemm, workload, target) for c in ranked]:
             if len(found) == SEARCH_TILES - 1:
                 break
             if replace(config, input_vector=1) == replace(chosen, input_vector=1):

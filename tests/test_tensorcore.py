@@ -988,3 +988,23 @@ def test_split_k_modules_on_the_gpu_match_torch(layer, dtype, channels_last):
         y = m(x)
     assert m.schedule == "cuda-tensorcore"
     assert_output_matches(m, x, y)
+
+
+@pytest.mark.parametrize("layer,dtype,layout", [("dense3x3", "float16", "NCHW"), ("channel_blocks", "bfloat16", "NHWC")])
+def test_the_rule_tile_with_a_pipeline_is_a_design_space(layer, dtype, layout):
+    """The pipeline depth is searchable: the rule's tile with the deepest ``cp.async`` pipeline that
+    fits its shared memory (``pipeline_stages``) is a design space right after the rule's own (and
+    its unsplit form); emulated (the pipeline dropped), it computes torch's numbers."""
+    from compiler import space
+    request, target, sch = _scheduled(layer, dtype, "sm_90", layout=layout)
+    spaces = space.design_spaces(request, target, "ours")
+    unsplit = int("RFactor" in [i.kind.name for i in spaces[0].schedule.trace.insts])
+    (pipelined,) = [s for s in spaces[1:2 + unsplit] if "software_pipeline_stage" in str(s.schedule.trace)]
+    stages = re.search(r'"software_pipeline_stage", ann_val=\[0, 0, (\d+)\]', str(pipelined.schedule.trace))
+    assert stages and int(stages.group(1)) + 1 > 1
+    assert "software_pipeline_stage" not in str(spaces[0].schedule.trace)
+    spec, shape = LAYERS[layer]
+    m = _module(spec, dtype)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    assert_output_matches(m, x, _emulate(request, without_tensorize(pipelined.schedule, build.prim_func(request)).mod,
+                                         m, x))
