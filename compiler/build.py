@@ -34,7 +34,8 @@ class Kernel:
     target: Target
     request: KernelRequest           # what it computes
     compile_seconds: float
-    weight_block: Optional[int] = None     # set: ``function`` takes the weight as ``pack`` wrote it
+    weight_block: object = None            # set (channels per block, or a PhaseTaps): ``function``
+    #                                        takes the weight as ``pack`` wrote it
     pack: Optional[object] = None          # tvm_ffi Function (weight, packed_weight)
     packed_weight_shape: Optional[Tuple[int, ...]] = None
     library: Optional[str] = None          # the cached .so it was loaded from (None: compiled in memory)
@@ -46,7 +47,7 @@ class Kernel:
 class Scheduled(NamedTuple):
     rule: str                      # the rule's name
     mod: tvm.IRModule
-    weight_block: Optional[int]    # the weight argument is pre-packed with this block (or None)
+    weight_block: object           # the weight argument's packing (``ScheduleRule.weight_block``), or None
     trace: object                  # the schedule's s_tir Trace (what a tuning record stores)
 
 
@@ -128,11 +129,11 @@ def tuned_schedule(request: KernelRequest, target: Target, database_dir) -> Opti
     return Scheduled(f"tuned:{workload_hash(mod)}", sch.mod, None, record.trace)
 
 
-def _with_weight_pack(mod: tvm.IRModule, request: KernelRequest, block: int) -> tvm.IRModule:
-    """``mod`` plus the kernel that packs torch-layout weights for it."""
+def _with_weight_pack(mod: tvm.IRModule, request: KernelRequest, block, target: Target) -> tvm.IRModule:
+    """``mod`` plus the kernel that packs torch-layout weights for it (on ``target``'s device)."""
     pack = te.create_prim_func(compute.pack_weight(request.spec, request.dtype, block)).with_attr(
         "global_symbol", PACK_ENTRY)
-    return tvm.IRModule({ENTRY: mod["main"], PACK_ENTRY: schedule_weight_pack(pack).mod["main"]})
+    return tvm.IRModule({ENTRY: mod["main"], PACK_ENTRY: schedule_weight_pack(pack, target).mod["main"]})
 
 
 def compile_kernel(request: KernelRequest, target: Target, prepacked: bool = False, database=None) -> Kernel:
@@ -147,7 +148,7 @@ def compile_kernel(request: KernelRequest, target: Target, prepacked: bool = Fal
         chosen = schedule(request, target, prepacked=prepacked)
     name, mod, block, _ = chosen
     if block:
-        mod = _with_weight_pack(mod, request, block)
+        mod = _with_weight_pack(mod, request, block, target)
     # host CPU: a cached shared library whose parallel loops run on torch's OpenMP threads (threads.py)
     executable, library = library_cache.load(mod, target)
     return Kernel(function=executable[ENTRY], executable=executable, schedule=name, target=target,

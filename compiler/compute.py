@@ -14,7 +14,8 @@ Reduce axes are ``rc, rh, rw``.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 from tvm import te, tirx
 
@@ -145,21 +146,77 @@ def _epilogue(conv, bias, residual, dtype: str, epilogue: Epilogue, layout: str 
     return _compute(conv.shape, value, "output", layout).tensor
 
 
-def packed_weight_shape(spec: ConvSpec, block: int):
-    """``[co/block, ci/groups, kh, kw, block]``: a block of output channels' weights is contiguous."""
+@dataclass(frozen=True)
+class PhaseTaps:
+    """A transposed layer's weight packed as the GEMMs of its output phases read it (the tensor-core
+    rule's B operand): ``[sh, sw, groups, co/groups, K]``, K one phase's taps and input channels in
+    the GEMM's order, ``(ci, jh, jw)`` for an NCHW kernel, ``(jh, jw, ci)`` for an NHWC one (``j``: a
+    phase's tap, ``conv_transpose2d``), taps past the kernel's edge zeros.  Torch's ``[ci, co/groups,
+    kh, kw]`` has a phase's taps ``s`` apart and the channels a whole ``co * kh * kw`` apart: no run of
+    K is contiguous there, so a kernel reads it an element per load."""
+
+    layout: str = NCHW
+
+
+def packed_weight_shape(spec: ConvSpec, block):
+    """The packed weight's shape: for ``block`` output channels ``[co/block, ci/groups, kh, kw,
+    block]`` (a block of output channels' weights contiguous); for a :class:`PhaseTaps`, its layout."""
+    if isinstance(block, PhaseTaps):
+        (sh, sw), taps = spec.stride, _phase_tap_counts(spec)
+        cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+        return (sh, sw, spec.groups, opg, *((cpg, *taps) if block.layout == NCHW else (*taps, cpg)))
     co, cpg, kh, kw = spec.weight_shape
     return (co // block, cpg, kh, kw, block)
 
 
-def pack_weight(spec: ConvSpec, dtype: str, block: int) -> List[te.Tensor]:
-    """``[weight, packed]``: torch's ``[co, ci/groups, kh, kw]`` into :func:`packed_weight_shape`.
+def pack_weight(spec: ConvSpec, dtype: str, block) -> List[te.Tensor]:
+    """``[weight, packed]``: torch's weight into :func:`packed_weight_shape` (``block``: output
+    channels per block, or a :class:`PhaseTaps`).
 
     Run once per weight change by the modules (schedules ask for it through ``weight_block``).
     """
     w = te.placeholder(spec.weight_shape, dtype, name="weight")
+    if isinstance(block, PhaseTaps):
+        return [w, te.compute(packed_weight_shape(spec, block), _phase_packing(spec, w, block), name="packed_weight")]
     packed = te.compute(packed_weight_shape(spec, block),
                         lambda a, ci, r, c, v: w[a * block + v, ci, r, c], name="packed_weight")
     return [w, packed]
+
+
+def _phase_tap_counts(spec: ConvSpec):
+    """Taps per output phase along each axis (``conv_transpose2d``'s ``ceil(k / s')``)."""
+    return tuple(_phase_taps(s, d, k)[3] for s, d, k in zip(spec.stride, spec.dilation, spec.kernel_size))
+
+
+def _phase_packing(spec: ConvSpec, w, packing: PhaseTaps):
+    """``fcompute`` of a :class:`PhaseTaps` packing of the torch-layout weight ``w``."""
+    cpg = spec.in_channels // spec.groups
+    (sh, sw), (dh, dw), (kh_size, kw_size) = spec.stride, spec.dilation, spec.kernel_size
+    pt, _, pl, _ = spec.pads
+    taps_h, taps_w = _phase_taps(sh, dh, kh_size), _phase_taps(sw, dw, kw_size)
+
+    def value(ph, pw, g, o, *k):
+        c, jh, jw = k if packing.layout == NCHW else (k[2], k[0], k[1])
+        kh = _kernel_tap(tirx.floormod(ph + pt, sh), jh, *taps_h[:3])
+        kw = _kernel_tap(tirx.floormod(pw + pl, sw), jw, *taps_w[:3])
+        return tirx.if_then_else(tirx.all(kh < kh_size, kw < kw_size), w[
+            g * cpg + c, o, tirx.min(kh, kh_size - 1), tirx.min(kw, kw_size - 1)], tirx.const(0, w.dtype))
+    return value
+
+
+def _phase_taps(stride: int, dil: int, k: int):
+    """(g, s', inverse of d' mod s', taps per phase) of one axis (``conv_transpose2d``)."""
+    g = math.gcd(stride, dil)
+    s_red = stride // g
+    inv = pow(dil // g, -1, s_red) if s_red > 1 else 0
+    return g, s_red, inv, -(-k // s_red)
+
+
+def _kernel_tap(r_pad, j, g, s_red, inv):
+    """Kernel index of the j-th tap reaching phase offset ``r_pad = (r + pad) % s`` (int or expr)."""
+    if isinstance(r_pad, int):
+        return (r_pad // g * inv) % s_red + s_red * j
+    return tirx.floormod(tirx.floordiv(r_pad, g) * inv, s_red) + s_red * j
 
 
 def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None, layout: str = NCHW):
@@ -229,7 +286,7 @@ def conv2d(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     return _finish(request, x, w, b, conv)
 
 
-def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
+def conv_transpose2d(request: KernelRequest, packing: Optional[PhaseTaps] = None) -> List[te.Tensor]:
     """Transposed convolution, decomposed by output phase so that no multiply-add meets an inserted zero.
 
     Output row ``oh`` sits at ``f = oh + pad`` in the uncropped output and receives input row ``ih``
@@ -244,9 +301,12 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     An NHWC request (channels_last input and output; the weight ``[ci, kh, kw, co/groups]``, the
     channels_last bytes of torch's ``[ci, co/groups, kh, kw]``) stores ``conv`` as ``[n, rh_phase,
     rw_phase, q_h, q_w, co]`` and reduces over ``rh, rw, rc``, the channels innermost as the input's.
+    With ``packing`` the weight argument is packed per phase (:class:`PhaseTaps`, :func:`pack_weight`).
     """
     spec, input_shape, dtype, layout = request.spec, request.input_shape, request.dtype, request.layout
     x, w, b = _placeholders(spec, input_shape, dtype, layout=layout)
+    if packing is not None:
+        w = te.placeholder(packed_weight_shape(spec, packing), dtype, name="weight")
     acc = ACCUMULATE_DTYPE[dtype]
     n, _, h, wd = input_shape
     _, _, oh_size, ow_size = request.output_shape
@@ -254,21 +314,9 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     (sh, sw), (dh, dw), (kh_size, kw_size) = spec.stride, spec.dilation, spec.kernel_size
     pt, _, pl, _ = spec.pads
 
-    def phase_taps(stride: int, dil: int, k: int):
-        g = math.gcd(stride, dil)
-        s_red = stride // g
-        inv = pow(dil // g, -1, s_red) if s_red > 1 else 0
-        return g, s_red, inv, -(-k // s_red)
-
-    gh, sh_red, inv_h, nh = phase_taps(sh, dh, kh_size)
-    gw, sw_red, inv_w, nw = phase_taps(sw, dw, kw_size)
+    gh, sh_red, inv_h, nh = _phase_taps(sh, dh, kh_size)
+    gw, sw_red, inv_w, nw = _phase_taps(sw, dw, kw_size)
     qh_size, qw_size = -(-oh_size // sh), -(-ow_size // sw)
-
-    def kernel_tap(r_pad, j, g, s_red, inv):
-        """Kernel index of the j-th tap reaching phase offset ``r_pad = (r + pad) % s`` (int or expr)."""
-        if isinstance(r_pad, int):
-            return (r_pad // g * inv) % s_red + s_red * j
-        return tirx.floormod(tirx.floordiv(r_pad, g) * inv, s_red) + s_red * j
 
     def row_offset(r, pad, stride, kernel_index, dil):
         """Input row = q + row_offset: f = q*s + r + pad and f - kh*d is a multiple of s."""
@@ -279,7 +327,7 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     def margins(stride, pad, dil, g, s_red, inv, taps, q_size, size):
         """Zero rows needed before/after the input so that every tap of every phase reads in bounds
         (taps that fall outside the kernel read zero weights, so they need in-bounds inputs too)."""
-        offsets = [row_offset(r, pad, stride, kernel_tap((r + pad) % stride, j, g, s_red, inv), dil)
+        offsets = [row_offset(r, pad, stride, _kernel_tap((r + pad) % stride, j, g, s_red, inv), dil)
                    for r in range(stride) for j in range(taps)]
         return max(0, -min(offsets)), max(0, q_size - 1 + max(offsets) - (size - 1))
 
@@ -291,7 +339,7 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
     # Taps past the kernel's edge (when s' does not divide k) read zero weights instead of being tested.
     khp, kwp = sh_red * nh, sw_red * nw
     wp = w
-    if (khp, kwp) != (kh_size, kw_size):
+    if packing is None and (khp, kwp) != (kh_size, kw_size):
         wp = te.compute((*spec.weight_shape[:2], khp, kwp), lambda i, o, r, c: tirx.if_then_else(
             tirx.all(r < kh_size, c < kw_size), w[i, o, tirx.min(r, kh_size - 1), tirx.min(c, kw_size - 1)],
             tirx.const(0, dtype)), name="weight_pad")
@@ -301,12 +349,16 @@ def conv_transpose2d(request: KernelRequest) -> List[te.Tensor]:
 
     def body(nn_, co, ph, pw, qh, qw):
         rph, rpw = tirx.floormod(ph + pt, sh), tirx.floormod(pw + pl, sw)
-        kh, kw = kernel_tap(rph, rh, gh, sh_red, inv_h), kernel_tap(rpw, rw, gw, sw_red, inv_w)
+        kh, kw = _kernel_tap(rph, rh, gh, sh_red, inv_h), _kernel_tap(rpw, rw, gw, sw_red, inv_w)
         ih = qh + row_offset(ph, pt, sh, kh, dh) + mt
         iw = qw + row_offset(pw, pl, sw, kw, dw) + ml
         ci = co // opg * cpg + rc
-        prod = _operand(xp[nn_, ci, ih, iw], acc, request.tf32) * \
-            _operand(wp[ci, tirx.floormod(co, opg), kh, kw], acc, request.tf32)
+        if packing is None:
+            weight = wp[ci, tirx.floormod(co, opg), kh, kw]
+        else:               # the phase's GEMM row: (ph, pw, group, co in group, K)
+            k = (rc, rh, rw) if packing.layout == NCHW else (rh, rw, rc)
+            weight = w[ph, pw, co // opg, tirx.floormod(co, opg), *k]
+        prod = _operand(xp[nn_, ci, ih, iw], acc, request.tf32) * _operand(weight, acc, request.tf32)
         # A phase that no tap reaches (possible only when gcd(s, d) > 1) stays zero.
         conds = ([tirx.floormod(rph, gh) == 0] if gh > 1 else []) + \
                 ([tirx.floormod(rpw, gw) == 0] if gw > 1 else [])
@@ -443,13 +495,21 @@ def bias_grad(shape: Sequence[int], dtype: str) -> List[te.Tensor]:
 
 def define(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     """The TE tensors of ``request``, by operator (``weight_block``: the weight argument is
-    pre-packed by :func:`pack_weight`; forward conv2d only)."""
+    pre-packed by :func:`pack_weight`, in blocks of output channels for the forward conv2d, by
+    :class:`PhaseTaps` for the forward conv_transpose2d)."""
+    if request.operator == FORWARD and request.spec.transposed and isinstance(weight_block, PhaseTaps):
+        if weight_block.layout != request.layout:
+            raise ValueError(f"{weight_block} is not the packing of a {request.layout} kernel")
+        return conv_transpose2d(request, weight_block)
     if request.operator != FORWARD or request.spec.transposed:
         if weight_block:
-            raise ValueError("pre-packed weights are defined for the forward conv2d only")
+            raise ValueError("pre-packed weights are defined for the forward operators only "
+                             "(blocks of channels for conv2d, PhaseTaps for conv_transpose2d)")
         if request.operator == WEIGHT_GRAD:
             return weight_grad(request)
         if request.operator == PAD_GRAD:
             return pad_grad(request)
         return conv_transpose2d(request)
+    if isinstance(weight_block, PhaseTaps):
+        raise ValueError("PhaseTaps packs a transposed layer's weight")
     return conv2d(request, weight_block)

@@ -94,9 +94,10 @@ class ScheduleRule:
         asks for a layout only where some rule may read it; ``apply`` may still decline)."""
         return workload.operator in self.operators and workload.layout in self.layouts
 
-    def weight_block(self, workload: Workload, target: Target) -> Optional[int]:
-        """Output channels per block if this rule wants the weight pre-packed into
-        ``[co/block, ci, kh, kw, block]`` (once, outside the kernel), else None."""
+    def weight_block(self, workload: Workload, target: Target):
+        """How this rule wants the weight pre-packed (once, outside the kernel), else None: output
+        channels per block of ``[co/block, ci, kh, kw, block]``, or a ``compiler.compute.PhaseTaps``
+        (a transposed layer's per-phase GEMM rows)."""
         return None
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> Optional[s_tir.Schedule]:
@@ -198,10 +199,21 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     raise NoRule(f"no schedule rule accepts {workload}")
 
 
-def schedule_weight_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
-    """The packing kernel: parallel over channel blocks, the block's channels vectorised."""
+#: Threads per block of a GPU packing kernel (elementwise: 8 warps, as the transposed form's interleave)
+PACK_THREADS = 256
+
+
+def schedule_weight_pack(func: tirx.PrimFunc, target: Optional[Target] = None) -> s_tir.Schedule:
+    """The packing kernel: on a CPU parallel over its outermost axis (channel blocks), the innermost
+    vectorised; on a GPU one thread per packed element, ``PACK_THREADS`` per block (it runs once per
+    weight change)."""
     sch = s_tir.Schedule(func)
     loops = sch.get_loops(sch.get_sblock("packed_weight"))
+    if target is not None and str(target.kind.name) == "cuda":
+        blocks, threads = sch.split(sch.fuse(*loops), [None, PACK_THREADS])
+        sch.bind(blocks, "blockIdx.x")
+        sch.bind(threads, "threadIdx.x")
+        return sch
     sch.parallel(loops[0])
     vectorize_if_wide(sch, loops[-1])
     return sch

@@ -38,7 +38,12 @@ NHWC (channels_last tensors read and written in place, ``compiler.request.LAYOUT
 ``[m, k]``, K ordered (kh, kw, c) or by channel blocks (``gemm_of``), so a row of A is runs of one
 pixel's channels and loads 16 bytes at a time; the epilogue's threads run along N (consecutive
 channels of a pixel).  The transposed form's phase GEMMs the same way (``conv`` stored ``[n, phase_h,
-phase_w, q_h, q_w, co]``), its weight ``[ci, kh, kw, co]`` read a tap per copy.
+phase_w, q_h, q_w, co]``).
+
+A transposed layer's weight (torch's ``[ci, co/groups, kh, kw]``: no run of a phase's K is
+contiguous there) is packed once per module into its phases' GEMM rows (``weight_block``:
+``compute.PhaseTaps``, K in the kernel's order, zeros for taps past the kernel's edge), so B loads 16
+bytes at a time as for conv2d; searches and exported libraries take torch's layout (a tap per load).
 
 Split-K (``Config.split_k``): where even the smallest tiles leave the GPU short of warps (small
 batches of deep layers: at batch 1, Conv2d(512, 512, 3) on 7x7 is a GEMM of 49 x 512 x 4608), K is
@@ -413,13 +418,20 @@ class CudaTensorCore(ScheduleRule):
     name = "cuda-tensorcore"
     #: 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no
     #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``);
-    #: 5: split-K where the blocks leave the GPU idle (``choose_split``); transposed layers in NHWC
+    #: 5: split-K where the blocks leave the GPU idle (``choose_split``); transposed layers in NHWC, their
+    #: weight packed per phase on the module path (``weight_block``)
     version = 5
     layouts = ("NCHW", "NHWC")
 
     def apply(self, func, workload, target):
         made = self.tile_and_schedule(func, workload, target)
         return None if made is None else made[1]
+
+    def weight_block(self, workload, target):
+        """A transposed layer's weight packed per output phase (``compute.PhaseTaps``): each phase's
+        GEMM rows contiguous in K, so B loads 16 bytes at a time as conv2d's torch-layout weight does."""
+        from compiler.compute import PhaseTaps
+        return PhaseTaps(workload.layout) if workload.spec.transposed and self.takes(workload, target) else None
 
     def takes(self, workload, target) -> bool:
         """sm_80+ with 32-lane warps, tensor-core operands (``operand_type``), 16+ channels per group
@@ -567,7 +579,8 @@ class CudaTensorCore(ScheduleRule):
         warps = config.warps_m * config.warps_n
         skew_a, skew_b = config.skews
         a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=config.input_vector, skew=skew_a)
-        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config), skew=skew_b)
+        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config, _phase_packed(func)),
+                          skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
         # Step 5. Warp fragments: loaded per mma step, accumulated in registers, written back to a
@@ -673,16 +686,23 @@ def _slice_sum_kernel(sch: s_tir.Schedule, spec) -> None:
     sch.set_scope(total, 0, "local")       # each thread's sum in a register
 
 
-def _weight_vector(spec, config: Config) -> int:
+def _weight_vector(spec, config: Config, packed: bool = False) -> int:
     """Elements per vector load of the weight: ``VECTOR_BYTES`` when every row of K starts aligned,
-    else the widest power of two that keeps them aligned."""
-    k = spec.in_channels // spec.groups * spec.kernel_size[0] * spec.kernel_size[1]
-    if spec.transposed:
-        return 1        # [ci, co, kh, kw]: the phase's taps are not contiguous
+    else the widest power of two that keeps them aligned.  A transposed layer's weight only when
+    ``packed`` per phase (``compute.PhaseTaps``; torch's ``[ci, co, kh, kw]`` has no run of K)."""
+    k = spec.in_channels // spec.groups * _taps(spec)
+    if spec.transposed and not packed:
+        return 1
     lanes = VECTOR_BYTES // config.element_bytes
     while lanes > 1 and (k % lanes or config.chunk_k % lanes):
         lanes //= 2
     return lanes
+
+
+def _phase_packed(func) -> bool:
+    """Whether ``func`` takes a transposed layer's weight packed per phase (``compute.PhaseTaps``:
+    ``[sh, sw, groups, co/groups, K...]``, 7 axes against torch's 4)."""
+    return len(func.params[1].shape) == 7
 
 
 def input_vector(workload, config: Config) -> int:

@@ -29,17 +29,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 import tvm
-from tvm import s_tir
+from tvm import s_tir, te
 from tvm.s_tir import Trace
 
 import compiler
-from compiler import build, cuda_binary, metaschedule_startup
+from compiler import build, compute, cuda_binary, metaschedule_startup
 from compiler.request import Epilogue, KernelRequest
 from compiler.spec import ConvSpec
 from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore, cuda_tensorcore
+from schedules.base import PACK_THREADS
 from schedules.gpu_verify import passes_gpu_verification
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
                                        OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
@@ -1008,3 +1009,103 @@ def test_the_rule_tile_with_a_pipeline_is_a_design_space(layer, dtype, layout):
     x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
     assert_output_matches(m, x, _emulate(request, without_tensorize(pipelined.schedule, build.prim_func(request)).mod,
                                          m, x))
+
+
+# The transposed form's weight packed per output phase (``compute.PhaseTaps``), as modules run it.
+
+def _phase_packed(layer: str, operands: str, layout: str):
+    """(request, packed function, the rule's schedule of it) as ``build.schedule(prepacked=True)``
+    makes it: the path of module calls (searches and exported libraries take torch's weight)."""
+    spec, shape = LAYERS[layer]
+    request = _request(spec, shape, operands, layout=layout)
+    scheduled = build.schedule(request, resolve("cuda/sm_90"), prepacked=True)
+    assert scheduled.rule == "cuda-tensorcore" and scheduled.weight_block == compute.PhaseTaps(layout)
+    func = build.prim_func(request, scheduled.weight_block)
+    sch = s_tir.Schedule(func)
+    scheduled.trace.apply_to_schedule(sch, remove_postproc=False)
+    return request, func, sch
+
+
+def _pack_on_host(request: KernelRequest, packing, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` packed by the pack kernel's compute, compiled for the host."""
+    pack = tvm.compile(te.create_prim_func(compute.pack_weight(request.spec, request.dtype, packing)),
+                       target=host_target())
+    packed = torch.empty(compute.packed_weight_shape(request.spec, packing), dtype=weight.dtype)
+    pack(weight.detach(), packed)
+    return packed
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ["transposed", "transposed_grouped"])
+def test_phase_packed_transposed_weight_computes_torchs_numbers(layer, dtype, layout):
+    """Module calls give the transposed form its weight packed per phase; emulated, with the weight
+    packed by the pack kernel's compute, the kernel computes torch's numbers."""
+    request, func, sch = _phase_packed(layer, dtype, layout)
+    spec, shape = LAYERS[layer]
+    m = _module(spec, dtype)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
+    args = [ops.in_layout(x, layout), _pack_on_host(request, compute.PhaseTaps(layout), m.weight),
+            m.bias.detach(), ops.in_layout(y, layout)]
+    compile_serialised(without_tensorize(sch, func).mod)(*args)
+    if request.tf32:
+        assert_tf32_numbers(m, x, y)
+    else:
+        assert_output_matches(m, x, y)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_phase_packed_weight_is_staged_in_16_byte_copies(dtype, layout, tmp_path):
+    """Packed per phase, a transposed layer's weight rows are runs of K: 16-byte loads (torch's
+    layout: an element per load, ``test_nhwc_transposed_input_is_staged_in_16_byte_copies``);
+    with the module's pack kernel, one thread per element; no spills."""
+    request, func, sch = _phase_packed("transposed", dtype, layout)
+    target = resolve("cuda/sm_90")
+    mod = build._with_weight_pack(sch.mod, request, compute.PhaseTaps(layout), target)
+    with compile_context(target):
+        source = cuda_binary.device_source(tvm.compile(mod, target=target))
+    assert re.search(r"\*\((uint4|float4)\*\)\(weight_ptr \+ ", source)
+    kernels = set(re.findall(r"__launch_bounds__\((\d+)\) (\w+)\(", source))
+    assert (str(PACK_THREADS), f"{build.PACK_ENTRY}_kernel") in kernels
+    for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
+        assert (stack, stores, loads) == (0, 0, 0) and registers <= 255
+
+
+def test_only_the_transposed_form_asks_for_packed_weights():
+    rule, target = CudaTensorCore(), resolve("cuda/sm_90")
+    for layer in ("dense3x3", "transposed"):
+        spec, shape = LAYERS[layer]
+        for layout in ("NCHW", "NHWC"):
+            workload = build.workload_of(_request(spec, shape, "float16", layout=layout))
+            assert rule.weight_block(workload, target) == (compute.PhaseTaps(layout) if spec.transposed else None)
+    # a layer the rule does not take gets cuda-direct's torch-layout weight
+    spec = ConvSpec.conv_transpose2d(32, 16, 3, stride=2, dilation=2)
+    scheduled = build.schedule(_request(spec, (1, 32, 8, 8), "float16"), target, prepacked=True)
+    assert scheduled.rule == "cuda-direct" and scheduled.weight_block is None
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_transposed_modules_on_the_gpu_pack_their_weight_per_phase(channels_last):
+    """A half-type ConvTranspose2d on an sm_80+ GPU runs with its weight packed per phase, and packs
+    it again after an in-place update."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tensor cores need sm_80+")
+    m = compiler.ConvTranspose2d(64, 32, 4, stride=2, padding=1, device="cuda", dtype=torch.float16)
+    m.tuning_database = False
+    x = torch.randn(2, 64, 16, 16, device="cuda", dtype=torch.float16)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = m(x)
+    assert m.schedule == "cuda-tensorcore"
+    assert m.kernel.weight_block == compute.PhaseTaps("NHWC" if channels_last else "NCHW")
+    assert_output_matches(m, x, y)
+    with torch.no_grad():
+        m.weight.mul_(-0.5)
+        y = m(x)
+    assert_output_matches(m, x, y)
