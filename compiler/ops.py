@@ -165,11 +165,23 @@ def encode_target(target) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------ running a kernel
+#: Bytes of the widest vector load of our CUDA kernels (``LDG.128``, ``cp.async`` 16: the tensor-core
+#: rule's ``VECTOR_BYTES``), which fault on an address that is not a multiple of it.  torch's
+#: allocations are 256-byte aligned, but a view may start anywhere in its storage.
+CUDA_ALIGNMENT = 16
+
+
+def aligned(t: torch.Tensor, alignment: int = CUDA_ALIGNMENT) -> torch.Tensor:
+    """``t``, or where its data does not start on ``alignment`` bytes a copy with the same strides."""
+    return t if t.data_ptr() % alignment == 0 else t.clone()
+
+
 def launch(kernel, *tensors: torch.Tensor) -> None:
-    """Run ``kernel`` on ``tensors`` (CUDA ones on torch's current stream of their device)."""
+    """Run ``kernel`` on ``tensors`` (CUDA ones on torch's current stream of their device, the inputs
+    :func:`aligned` for the kernels' vector loads; the last tensor, the output, is ours)."""
     if tensors[-1].is_cuda:
         with torch.cuda.device(tensors[-1].device), tvm_ffi.use_torch_stream():
-            kernel(*tensors)
+            kernel(*(aligned(t) for t in tensors[:-1]), tensors[-1])
     else:
         kernel(*tensors)
 

@@ -232,3 +232,31 @@ def test_tuning_measures_on_the_local_gpu(tmp_path):
         assert_matches_torch(m, torch.randn(*shape, device="cuda"))
     tuned = f"tuned:{records.workload_hash(build.workload_module(KernelRequest(spec, shape, 'float32')))}"
     assert m.schedule in ("cuda-direct", tuned)
+
+
+def test_inputs_that_do_not_start_on_16_bytes_are_copied_for_the_vector_loads():
+    """``ops.aligned``: a view 2 bytes into its storage (legal in torch) becomes a copy with the same
+    strides and values; an aligned one is passed as it is (the CUDA kernels' 16-byte loads fault
+    on the former)."""
+    from compiler import ops
+    storage = torch.randn(1 + 2 * 32 * 8 * 8, dtype=torch.float16)
+    view = storage[1:].view(2, 32, 8, 8)
+    assert view.data_ptr() % ops.CUDA_ALIGNMENT == 2
+    copy = ops.aligned(view)
+    assert copy.data_ptr() % ops.CUDA_ALIGNMENT == 0 and copy.stride() == view.stride()
+    assert torch.equal(copy, view)
+    nhwc = storage[1:].view(2, 8, 8, 32)                # an NHWC kernel's view of channels_last bytes
+    assert ops.aligned(nhwc).stride() == nhwc.stride()
+    whole = torch.randn(2, 32, 8, 8)
+    assert ops.aligned(whole) is whole
+
+
+@needs_gpu
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_a_misaligned_input_runs_on_the_gpu(channels_last):
+    """A half input 2 bytes into its storage reaches kernels with 16-byte loads (1x1 NCHW, NHWC)."""
+    m = compiler.Conv2d(64, 32, 1, device="cuda", dtype=torch.float16)
+    storage = torch.randn(1 + 2 * 64 * 8 * 8, device="cuda", dtype=torch.float16)
+    x = storage[1:].view(2, 8, 8, 64).permute(0, 3, 1, 2) if channels_last else storage[1:].view(2, 64, 8, 8)
+    assert x.data_ptr() % 16 == 2
+    assert_matches_torch(m, x)
