@@ -29,6 +29,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import tvm
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
 from tvm import s_tir, te
 from tvm.s_tir import Trace
 
@@ -49,6 +51,7 @@ from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, 
 from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
+from test_random_configs import conv2d_cases, conv_transpose2d_cases
 
 # The rule runs TVM's GPU verifier, whose first TuneContext imports every target's tensor
 # intrinsics: ~60 s on two cores, ~8 s with this (see compiler/metaschedule_startup.py).
@@ -1109,3 +1112,52 @@ def test_transposed_modules_on_the_gpu_pack_their_weight_per_phase(channels_last
         m.weight.mul_(-0.5)
         y = m(x)
     assert_output_matches(m, x, y)
+
+
+@st.composite
+def _tensorcore_cases(draw):
+    """A random layer of ``test_random_configs`` with 16x its channels (16-48 per group: the rule
+    takes it), an operand type, a layout, and whether to split K (into a random count)."""
+    transposed = draw(st.booleans())
+    (in_ch, out_ch, kernel), kw, shape = draw(conv_transpose2d_cases() if transposed else conv2d_cases())
+    make = ConvSpec.conv_transpose2d if transposed else ConvSpec.conv2d
+    spec = make(16 * in_ch, 16 * out_ch, kernel, **kw)
+    return spec, (shape[0], 16 * shape[1], *shape[2:]), draw(st.sampled_from(DTYPES)), \
+        draw(st.sampled_from(["NCHW", "NHWC"])), draw(st.booleans()), draw(st.integers(0, 7))
+
+
+@settings(max_examples=24, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(_tensorcore_cases())
+def test_random_layers_through_the_module_path_compute_torchs_numbers(case):
+    """Random layers (groups, stride, dilation, padding modes, output padding) as module calls
+    schedule them (a transposed layer's weight packed per phase), K split or not, emulated."""
+    spec, shape, dtype, layout, split, pick = case
+    request, target = _request(spec, shape, dtype, layout=layout), resolve("cuda/sm_90")
+    workload = build.workload_of(request)
+    rule = CudaTensorCore()
+    assume(rule.takes(workload, target))
+    packing = rule.weight_block(workload, target)
+    func = build.prim_func(request, packing)
+    made = rule.tile_and_schedule(func, workload, target)
+    assume(made is not None)
+    tile, sch = made
+    if split:
+        gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cuda_tensorcore, "MIN_SLICE_K", FRAGMENT)
+            candidates = split_candidates(gemm, tile, spec, layout)
+            if candidates:
+                tile, sch = CudaTensorCore.schedule_contiguous(
+                    func, workload, replace(tile, split_k=candidates[pick % len(candidates)]))
+    event(f"{'transposed' if spec.transposed else 'conv2d'} {layout} {'split' if tile.split_k > 1 else 'one kernel'}")
+    m = _module(spec, dtype)
+    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
+    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
+    weight = _pack_on_host(request, packing, m.weight) if packing else ops.in_layout(m.weight, layout)
+    compile_serialised(without_tensorize(sch, func).mod)(
+        ops.in_layout(x, layout), weight, *([m.bias.detach()] if m.bias is not None else []), ops.in_layout(y, layout))
+    if request.tf32:
+        assert_tf32_numbers(m, x, y)
+    else:
+        assert_output_matches(m, x, y)
