@@ -994,7 +994,8 @@ def test_split_k_modules_on_the_gpu_match_torch(layer, dtype, channels_last):
     assert_output_matches(m, x, y)
 
 
-@pytest.mark.parametrize("layer,dtype,layout", [("dense3x3", "float16", "NCHW"), ("channel_blocks", "bfloat16", "NHWC")])
+@pytest.mark.parametrize("layer,dtype,layout", [("dense3x3", "float16", "NCHW"),
+                                                ("channel_blocks", "bfloat16", "NHWC")])
 def test_the_rule_tile_with_a_pipeline_is_a_design_space(layer, dtype, layout):
     """The pipeline depth is searchable: the rule's tile with the deepest ``cp.async`` pipeline that
     fits its shared memory (``pipeline_stages``) is a design space right after the rule's own (and
