@@ -222,9 +222,12 @@ def _kernel_tap(r_pad, j, g, s_red, inv):
 def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None, layout: str = NCHW):
     """(input, weight, bias): the input a :class:`_Physical` view of ``layout``; the weight torch's
     ``[co, ci/groups, kh, kw]``, pre-packed (``weight_block``), or for NHWC ``[co, kh, kw, ci/groups]``,
-    each a view indexed as torch's (the compute stays one)."""
+    each a view indexed as torch's (the compute stays one); a :class:`PhaseTaps` packing the plain
+    packed placeholder, which ``conv_transpose2d`` indexes by phase itself."""
     x = _Physical(te.placeholder(physical(input_shape, layout), dtype, name="input"), layout)
-    if weight_block:
+    if isinstance(weight_block, PhaseTaps):           # read as packed (``conv_transpose2d``)
+        w = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
+    elif weight_block:
         packed = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
         w = _WeightView(packed, lambda co, ci, r, c: (co // weight_block, ci, r, c, co % weight_block))
     elif layout != NCHW:
@@ -304,9 +307,7 @@ def conv_transpose2d(request: KernelRequest, packing: Optional[PhaseTaps] = None
     With ``packing`` the weight argument is packed per phase (:class:`PhaseTaps`, :func:`pack_weight`).
     """
     spec, input_shape, dtype, layout = request.spec, request.input_shape, request.dtype, request.layout
-    x, w, b = _placeholders(spec, input_shape, dtype, layout=layout)
-    if packing is not None:
-        w = te.placeholder(packed_weight_shape(spec, packing), dtype, name="weight")
+    x, w, b = _placeholders(spec, input_shape, dtype, packing, layout)
     acc = ACCUMULATE_DTYPE[dtype]
     n, _, h, wd = input_shape
     _, _, oh_size, ow_size = request.output_shape
