@@ -199,9 +199,16 @@ def _phase_packing(spec: ConvSpec, w, packing: PhaseTaps):
         c, jh, jw = k if packing.layout == NCHW else (k[2], k[0], k[1])
         kh = _kernel_tap(tirx.floormod(ph + pt, sh), jh, *taps_h[:3])
         kw = _kernel_tap(tirx.floormod(pw + pl, sw), jw, *taps_w[:3])
-        return tirx.if_then_else(tirx.all(kh < kh_size, kw < kw_size), w[
-            g * cpg + c, o, tirx.min(kh, kh_size - 1), tirx.min(kw, kw_size - 1)], tirx.const(0, w.dtype))
+        return _tap_or_zero(w, g * cpg + c, o, kh, kw, spec.kernel_size)
     return value
+
+
+def _tap_or_zero(w, ci, co, kh, kw, kernel_size):
+    """Torch-layout transposed weight ``w[ci, co, kh, kw]``, zero for a tap past the kernel's edge
+    (a phase's taps run ``s'`` apart from its first, so the last may fall outside)."""
+    (kh_size, kw_size) = kernel_size
+    return tirx.if_then_else(tirx.all(kh < kh_size, kw < kw_size),
+                             w[ci, co, tirx.min(kh, kh_size - 1), tirx.min(kw, kw_size - 1)], tirx.const(0, w.dtype))
 
 
 def _phase_taps(stride: int, dil: int, k: int):
@@ -245,6 +252,7 @@ class _WeightView:
 
     def __init__(self, tensor: te.Tensor, index):
         self.tensor, self.index = tensor, index
+        self.dtype = tensor.dtype
 
     def __getitem__(self, index):
         return self.tensor[self.index(*index)]
@@ -341,9 +349,8 @@ def conv_transpose2d(request: KernelRequest, packing: Optional[PhaseTaps] = None
     khp, kwp = sh_red * nh, sw_red * nw
     wp = w
     if packing is None and (khp, kwp) != (kh_size, kw_size):
-        wp = te.compute((*spec.weight_shape[:2], khp, kwp), lambda i, o, r, c: tirx.if_then_else(
-            tirx.all(r < kh_size, c < kw_size), w[i, o, tirx.min(r, kh_size - 1), tirx.min(c, kw_size - 1)],
-            tirx.const(0, dtype)), name="weight_pad")
+        wp = te.compute((*spec.weight_shape[:2], khp, kwp),
+                        lambda i, o, r, c: _tap_or_zero(w, i, o, r, c, spec.kernel_size), name="weight_pad")
     rc = te.reduce_axis((0, cpg), name="rc")
     rh = te.reduce_axis((0, nh), name="rh")
     rw = te.reduce_axis((0, nw), name="rw")

@@ -199,21 +199,28 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     raise NoRule(f"no schedule rule accepts {workload}")
 
 
-#: Threads per block of a GPU packing kernel (elementwise: 8 warps, as the transposed form's interleave)
-PACK_THREADS = 256
+#: Threads per block of the GPU's elementwise and gradient passes (the transposed form's phase
+#: interleave, split-K's sum, weight packing, the gradient folds): 8 warps, as the direct rule's blocks.
+GPU_THREADS = 256
+
+
+def bind_elementwise(sch: s_tir.Schedule, block, threads: int = GPU_THREADS):
+    """An elementwise GPU kernel of ``block``: its loop nest fused, one thread per element, ``threads``
+    a thread block.  Returns the thread loop."""
+    blocks, thread = sch.split(sch.fuse(*sch.get_loops(block)), [None, threads])
+    sch.bind(blocks, "blockIdx.x")
+    sch.bind(thread, "threadIdx.x")
+    return thread
 
 
 def schedule_weight_pack(func: tirx.PrimFunc, target: Optional[Target] = None) -> s_tir.Schedule:
     """The packing kernel: on a CPU parallel over its outermost axis (channel blocks), the innermost
-    vectorised; on a GPU one thread per packed element, ``PACK_THREADS`` per block (it runs once per
-    weight change)."""
+    vectorised; on a GPU one thread per packed element (it runs once per weight change)."""
     sch = s_tir.Schedule(func)
-    loops = sch.get_loops(sch.get_sblock("packed_weight"))
     if target is not None and str(target.kind.name) == "cuda":
-        blocks, threads = sch.split(sch.fuse(*loops), [None, PACK_THREADS])
-        sch.bind(blocks, "blockIdx.x")
-        sch.bind(threads, "threadIdx.x")
+        bind_elementwise(sch, sch.get_sblock("packed_weight"))
         return sch
+    loops = sch.get_loops(sch.get_sblock("packed_weight"))
     sch.parallel(loops[0])
     vectorize_if_wide(sch, loops[-1])
     return sch

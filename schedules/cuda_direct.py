@@ -23,7 +23,7 @@ from typing import Optional
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from .base import ScheduleRule, has_block, tunable_tiles
+from .base import ScheduleRule, bind_elementwise, has_block, tunable_tiles
 from .gpu_verify import first_verified
 
 
@@ -149,10 +149,7 @@ class CudaDirect(ScheduleRule):
         if spec.transposed:
             # the phases are interleaved into NCHW by a second, elementwise kernel
             sch.compute_inline(sch.get_sblock("interleave"))
-            fused = sch.fuse(*sch.get_loops(out))
-            ob, ot = sch.split(fused, factors=[None, 256])
-            sch.bind(ob, "blockIdx.x")
-            sch.bind(ot, "threadIdx.x")
+            bind_elementwise(sch, out)
         else:
             sch.reverse_compute_inline(out)          # bias and cast written from the registers
         sch.reverse_compute_at(acc, tx)

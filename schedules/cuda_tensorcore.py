@@ -71,7 +71,7 @@ from tvm.tirx import IndexMap
 
 from targets.cuda import arch_number, multiprocessors, opt_in_shared_memory, with_shared_memory
 
-from .base import ScheduleRule, has_block
+from .base import ScheduleRule, bind_elementwise, has_block
 from .gpu_verify import first_verified, passes_gpu_verification
 from .tensor_intrinsics import A_KM, A_MK, FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
 
@@ -284,8 +284,8 @@ def split_candidates(gemm: Gemm, config: Config, spec, layout: str = "NCHW") -> 
     reduction chunks into equal slices (for a channel-blocked NHWC GEMM, ``gemm_of``, its channel
     blocks, so that a slice is whole blocks of every tap) of at least ``MIN_SLICE_K`` elements."""
     chunks = -(-gemm.k // config.chunk_k)
-    units = spec.in_channels // spec.groups // config.chunk_k if _channel_blocked(spec, layout, config.chunk_k) \
-        else chunks
+    units = spec.in_channels // spec.groups // config.chunk_k \
+        if _channel_blocked(spec, gemm, layout, config.chunk_k) else chunks
     return [s for s in range(2, units + 1) if units % s == 0 and chunks // s * config.chunk_k >= MIN_SLICE_K]
 
 
@@ -344,7 +344,8 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
     else:
         batch, channels, *phases, height, width, rc, rh, rw = extents
     per_group = channels // spec.groups
-    block = chunk_k if _channel_blocked(spec, layout, chunk_k) else rc
+    gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
+    block = chunk_k if _channel_blocked(spec, gemm, layout, chunk_k) else rc
 
     def to_gemm(n, co, *rest):
         *phase, h, w, c, r, s = rest
@@ -358,26 +359,22 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
         g, m, n_, k = nhwc_to_gemm(n, h, w, co, r, s, c)
         return (g, ph, pw, m, n_, k)
 
-    gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
     nhwc = nhwc_phases_to_gemm if phases else nhwc_to_gemm
     return gemm, IndexMap.from_func(nhwc if layout == "NHWC" else to_gemm, ndim=len(extents), index_dtype="int32")
 
 
-def _channel_blocked(spec, layout: str, chunk_k: Optional[int]) -> bool:
-    """Whether an NHWC GEMM orders K by blocks of ``chunk_k`` channels (``gemm_of``): where the kernel
-    has several taps and a chunk divides a group's channels and is fewer than them (otherwise the
-    order is the same as ``(kh, kw, c)``)."""
+def _channel_blocked(spec, gemm: Gemm, layout: str, chunk_k: Optional[int]) -> bool:
+    """Whether an NHWC GEMM orders K by blocks of ``chunk_k`` channels (``gemm_of``): where the GEMM
+    has several taps (a transposed layer's: one phase's) and a chunk divides a group's channels and is
+    fewer than them (otherwise the order is the same as ``(kh, kw, c)``)."""
     per_group = spec.in_channels // spec.groups
-    return layout == "NHWC" and bool(chunk_k) and _taps(spec) > 1 and per_group % chunk_k == 0 \
+    return layout == "NHWC" and bool(chunk_k) and _taps(spec, gemm) > 1 and per_group % chunk_k == 0 \
         and chunk_k < per_group
 
 
-def _taps(spec) -> int:
-    """Kernel taps of one GEMM: the kernel's, or a transposed layer's per output phase (``ceil(k / s)``
-    along each axis; the rule takes only strides and dilations without a common factor)."""
-    if spec.transposed:
-        return math.prod(-(-k // s) for k, s in zip(spec.kernel_size, spec.stride))
-    return spec.kernel_size[0] * spec.kernel_size[1]
+def _taps(spec, gemm: Gemm) -> int:
+    """Kernel taps one output of ``gemm`` reduces over: its K is they times a group's input channels."""
+    return gemm.k // (spec.in_channels // spec.groups)
 
 
 def a_staging(workload) -> str:
@@ -559,10 +556,10 @@ class CudaTensorCore(ScheduleRule):
         k_chunk, k_step = sch.split(k, [None, config.chunk_k // FRAGMENT])
         group, *phases = batch
         k_outer = []
-        if _channel_blocked(spec, workload.layout, config.chunk_k):
+        if _channel_blocked(spec, gemm, workload.layout, config.chunk_k):
             # chunks in (channel block, tap) order (``gemm_of``): the tap a loop of its own, so that
             # the input's index is the tap's offset plus the chunk's channels, plainly consecutive
-            k_block, k_chunk = sch.split(k_chunk, [None, _taps(spec)])
+            k_block, k_chunk = sch.split(k_chunk, [None, _taps(spec, gemm)])
             k_outer = [k_block]
         sch.reorder(*phases, *slices, group, m_block, n_block, m_warp, n_warp, *k_outer, k_chunk, k_step,
                     m_inner, n_inner)
@@ -579,7 +576,7 @@ class CudaTensorCore(ScheduleRule):
         warps = config.warps_m * config.warps_n
         skew_a, skew_b = config.skews
         a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=config.input_vector, skew=skew_a)
-        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, config, _phase_packed(func)),
+        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, gemm, config, _phase_packed(func)),
                           skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
@@ -672,29 +669,25 @@ def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List
 def _slice_sum_kernel(sch: s_tir.Schedule, spec) -> None:
     """Split-K's second kernel: per output element, the sum of the slices' partial sums, then what
     the one-kernel form writes from its accumulators (un-padding, the transposed form's phase
-    interleave, bias, epilogue, cast); 256 threads (8 warps) per block along the output's innermost
-    axis (the workspace's too)."""
+    interleave, bias, epilogue, cast); an elementwise kernel along the output's innermost axis (the
+    workspace's too)."""
     for name in ("conv_reindex_pad", "conv_reindex", "interleave"):
         if has_block(sch, name):
             sch.compute_inline(sch.get_sblock(name))
-    out = sch.get_sblock("output")
-    blocks, threads = sch.split(sch.fuse(*sch.get_loops(out)), [None, 8 * WARP])
-    sch.bind(blocks, "blockIdx.x")
-    sch.bind(threads, "threadIdx.x")
+    threads = bind_elementwise(sch, sch.get_sblock("output"))
     total = sch.get_sblock("conv")
     sch.compute_at(total, threads)
     sch.set_scope(total, 0, "local")       # each thread's sum in a register
 
 
-def _weight_vector(spec, config: Config, packed: bool = False) -> int:
+def _weight_vector(spec, gemm: Gemm, config: Config, packed: bool = False) -> int:
     """Elements per vector load of the weight: ``VECTOR_BYTES`` when every row of K starts aligned,
     else the widest power of two that keeps them aligned.  A transposed layer's weight only when
     ``packed`` per phase (``compute.PhaseTaps``; torch's ``[ci, co, kh, kw]`` has no run of K)."""
-    k = spec.in_channels // spec.groups * _taps(spec)
     if spec.transposed and not packed:
         return 1
     lanes = VECTOR_BYTES // config.element_bytes
-    while lanes > 1 and (k % lanes or config.chunk_k % lanes):
+    while lanes > 1 and (gemm.k % lanes or config.chunk_k % lanes):
         lanes //= 2
     return lanes
 
@@ -813,12 +806,9 @@ def _split_fragments(sch: s_tir.Schedule, block):
 
 def _interleave_kernel(sch: s_tir.Schedule) -> None:
     """The transposed form's ``output`` (phases interleaved back into NCHW, bias, epilogue, cast):
-    its own elementwise kernel, 256 threads (8 warps) per block."""
+    its own elementwise kernel."""
     sch.compute_inline(sch.get_sblock("interleave"))
-    out = sch.get_sblock("output")
-    blocks, threads = sch.split(sch.fuse(*sch.get_loops(out)), [None, 8 * WARP])
-    sch.bind(blocks, "blockIdx.x")
-    sch.bind(threads, "threadIdx.x")
+    bind_elementwise(sch, sch.get_sblock("output"))
 
 
 __all__ = ["CudaTensorCore", "Config", "Gemm", "choose_config", "gemm_of", "ranked_configs"]

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import ScheduleRule, has_block
-from .grad_folds import GPU_THREADS
+from .base import GPU_THREADS, ScheduleRule, has_block
 
 
 class CudaWeightGrad(ScheduleRule):

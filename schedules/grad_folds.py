@@ -10,10 +10,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-from .base import ScheduleRule, accumulator_lanes, native_vector_bits, vectorize_pieces
+from .base import GPU_THREADS, ScheduleRule, accumulator_lanes, bind_elementwise, native_vector_bits, vectorize_pieces
 
-#: Threads per block of the GPU passes: 8 warps, as the direct rule's blocks.
-GPU_THREADS = 256
 
 #: Architectural vector registers of partial sums per channel in the CPU bias gradient: four
 #: independent vector adds a step hide the add's latency (3 cycles, 2 ports on Zen 3).  Measured on
@@ -34,9 +32,7 @@ class PadGrad(ScheduleRule):
         sch.compute_inline(fold_h)
         if str(target.kind.name) == "cuda":
             sch.compute_inline(fold_w)
-            bx, tx = sch.split(sch.fuse(*sch.get_loops(out)), factors=[None, GPU_THREADS])
-            sch.bind(bx, "blockIdx.x")
-            sch.bind(tx, "threadIdx.x")
+            bind_elementwise(sch, out)
             return sch
         if str(target.kind.name) != "llvm":
             return None

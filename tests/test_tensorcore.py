@@ -42,7 +42,7 @@ from gpu_emulation import compile_serialised, emulate
 from compiler import ops
 from reference import TF32_ROUNDOFF, UNIT_ROUNDOFF, assert_output_matches
 from schedules import CudaTensorCore, cuda_tensorcore
-from schedules.base import PACK_THREADS
+from schedules.base import GPU_THREADS
 from schedules.gpu_verify import passes_gpu_verification
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
                                        OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
@@ -141,11 +141,13 @@ def tf32(t: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, bits + 0x1000, bits).bitwise_and(-0x2000).view(torch.float32)
 
 
-def _emulate(request: KernelRequest, mod, m, x) -> torch.Tensor:
+def _emulate(request: KernelRequest, mod, m, x, packing=None) -> torch.Tensor:
     """The kernel's output on ``x`` (NCHW; an NHWC kernel reads and writes channels_last bytes, and
-    takes the weight as ``[co, kh, kw, ci]``, as ``compiler.ops`` passes them)."""
+    takes the weight as ``[co, kh, kw, ci]``, as ``compiler.ops`` passes them; with ``packing`` the
+    weight packed by the pack kernel's compute, ``_pack_on_host``)."""
     y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
-    tensors = [x, m.weight.detach(), *([m.bias.detach()] if m.bias is not None else []), y]
+    weight = _pack_on_host(request, packing, m.weight) if packing else m.weight.detach()
+    tensors = [x, weight, *([m.bias.detach()] if m.bias is not None else []), y]
     if request.layout == "NHWC":
         tensors = [ops.in_layout(t, "NHWC") if t.dim() == 4 else t for t in tensors]
     compile_serialised(mod)(*tensors)
@@ -163,16 +165,22 @@ def assert_tf32_numbers(m, x, y) -> None:
     assert_output_matches(rounded, tf32(x), y, operand_roundoff=0.0)
 
 
-def _emulate_and_compare(layer: str, operands: str, arch: str, layout: str = "NCHW") -> None:
-    request, _, sch = _scheduled(layer, operands, arch, layout=layout)
-    spec, shape = LAYERS[layer]
-    m = _module(spec, operands)
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
-    y = _emulate(request, without_tensorize(sch, build.prim_func(request)).mod, m, x)
+def _emulated_matches(request: KernelRequest, func, sch, packing=None) -> None:
+    """``sch`` of ``func``, emulated on a random input and the weights of a fresh module, computes
+    torch's numbers (TF32 requests: as the tensor cores round them)."""
+    spec = request.spec
+    m = _module(spec, "tf32" if request.tf32 else request.dtype)
+    x = torch.randn(*request.input_shape, dtype=TORCH_DTYPE[request.dtype])
+    y = _emulate(request, without_tensorize(sch, func).mod, m, x, packing)
     if request.tf32:
         assert_tf32_numbers(m, x, y)
     else:
         assert_output_matches(m, x, y)
+
+
+def _emulate_and_compare(layer: str, operands: str, arch: str, layout: str = "NCHW") -> None:
+    request, _, sch = _scheduled(layer, operands, arch, layout=layout)
+    _emulated_matches(request, build.prim_func(request), sch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -851,24 +859,13 @@ def _split(layer: str, operands: str, layout: str, slices=max, epilogue=()):
     return request, func, sch
 
 
-def _emulated_matches(request, func, sch, layer: str, operands: str) -> None:
-    spec, shape = LAYERS[layer]
-    m = _module(spec, operands)
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
-    y = _emulate(request, without_tensorize(sch, func).mod, m, x)
-    if request.tf32:
-        assert_tf32_numbers(m, x, y)
-    else:
-        assert_output_matches(m, x, y)
-
-
 @pytest.mark.parametrize("layer,dtype,layout", SPLIT_CASES)
 def test_split_k_computes_torchs_numbers(layer, dtype, layout):
     """The most slices the layer's K allows, emulated: the workspace holds every slice's partial
     sums and the second kernel adds them up, un-pads, interleaves phases, adds the bias, casts."""
     request, func, sch = _split(layer, dtype, layout)
     assert [i.kind.name for i in sch.trace.insts].count("RFactor") == 1
-    _emulated_matches(request, func, sch, layer, dtype)
+    _emulated_matches(request, func, sch)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -904,7 +901,7 @@ def test_split_k_count_is_a_sampled_decision_any_value_of_which_computes_torchs_
     sch.trace.with_decision(inst, len(candidates) - 1, remove_postproc=False).apply_to_schedule(
         other, remove_postproc=False)
     assert other.mod.script() != sch.mod.script()
-    _emulated_matches(request, func, other, "channel_blocks", "float16")
+    _emulated_matches(request, func, other)
 
 
 #: ResNet-50's deep 3x3 layer at batch 1: a GEMM of 49 x 512 x 4608
@@ -1046,17 +1043,7 @@ def test_phase_packed_transposed_weight_computes_torchs_numbers(layer, dtype, la
     """Module calls give the transposed form its weight packed per phase; emulated, with the weight
     packed by the pack kernel's compute, the kernel computes torch's numbers."""
     request, func, sch = _phase_packed(layer, dtype, layout)
-    spec, shape = LAYERS[layer]
-    m = _module(spec, dtype)
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
-    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
-    args = [ops.in_layout(x, layout), _pack_on_host(request, compute.PhaseTaps(layout), m.weight),
-            m.bias.detach(), ops.in_layout(y, layout)]
-    compile_serialised(without_tensorize(sch, func).mod)(*args)
-    if request.tf32:
-        assert_tf32_numbers(m, x, y)
-    else:
-        assert_output_matches(m, x, y)
+    _emulated_matches(request, func, sch, compute.PhaseTaps(layout))
 
 
 @needs_nvcc
@@ -1073,7 +1060,7 @@ def test_phase_packed_weight_is_staged_in_16_byte_copies(dtype, layout, tmp_path
         source = cuda_binary.device_source(tvm.compile(mod, target=target))
     assert re.search(r"\*\((uint4|float4)\*\)\(weight_ptr \+ ", source)
     kernels = set(re.findall(r"__launch_bounds__\((\d+)\) (\w+)\(", source))
-    assert (str(PACK_THREADS), f"{build.PACK_ENTRY}_kernel") in kernels
+    assert (str(GPU_THREADS), f"{build.PACK_ENTRY}_kernel") in kernels
     for stack, stores, loads, registers in ptxas_report(source, "sm_90", tmp_path):
         assert (stack, stores, loads) == (0, 0, 0) and registers <= 255
 
@@ -1152,13 +1139,4 @@ def test_random_layers_through_the_module_path_compute_torchs_numbers(case):
                 tile, sch = CudaTensorCore.schedule_contiguous(
                     func, workload, replace(tile, split_k=candidates[pick % len(candidates)]))
     event(f"{'transposed' if spec.transposed else 'conv2d'} {layout} {'split' if tile.split_k > 1 else 'one kernel'}")
-    m = _module(spec, dtype)
-    x = torch.randn(*shape, dtype=TORCH_DTYPE[request.dtype])
-    y = ops.new_output(x, request.output_shape, SimpleNamespace(request=request))
-    weight = _pack_on_host(request, packing, m.weight) if packing else ops.in_layout(m.weight, layout)
-    compile_serialised(without_tensorize(sch, func).mod)(
-        ops.in_layout(x, layout), weight, *([m.bias.detach()] if m.bias is not None else []), ops.in_layout(y, layout))
-    if request.tf32:
-        assert_tf32_numbers(m, x, y)
-    else:
-        assert_output_matches(m, x, y)
+    _emulated_matches(request, func, sch, packing)
