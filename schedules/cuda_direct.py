@@ -9,6 +9,12 @@ that copy, so global reads stay in bounds), then every thread runs the unrolled 
 Half types are loaded as such and accumulated in float32 (the compute's ``conv`` stage).
 Tiles shrink until TVM's GPU verifier accepts the kernel for the target's limits.
 
+Where a layer has enough work to keep the GPU busy with 4-8x fewer threads (large batches), each
+thread takes a register-blocked tile instead (:func:`blocked_tile`): 8 output channels x up to 4
+columns ``w_t`` apart, the weight pre-packed in blocks of the block's output channels
+(``weight_block``), so each multiply-add costs a sixth of a shared load instead of 1.25 (the SASS
+counts under ``BLOCKED_COLUMNS``): this is the exact-FP32 path, where torch's TF32 is off.
+
 As a design space (version 2): the block x thread x register tiles of channels, rows and columns and
 the reduction chunk are ``sample_perfect_tile`` decisions where the hand tile divides the extent (a
 width of 56 under 16-thread rows stays a fixed split), and the cooperative copies are left to
@@ -17,11 +23,14 @@ default), so that a searched tile's thread count splits the copies.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
+
+from targets.cuda import multiprocessors
 
 from .base import ScheduleRule, bind_elementwise, has_block, tunable_tiles
 from .gpu_verify import first_verified
@@ -35,6 +44,64 @@ class CudaTile:
     co_i: int      # channels per thread (register tile)
     w_i: int       # columns per thread
     rc_i: int      # input channels staged in shared memory per reduction step
+    #: a thread's ``w_i`` columns lie ``w_t`` apart (the register-blocked tile: a warp's threads read
+    #: consecutive shared words, no bank conflicts) instead of side by side
+    strided: bool = False
+
+    @property
+    def channels(self) -> int:
+        """Output channels per thread block."""
+        return self.co_t * self.co_i
+
+
+#: The register-blocked tile's channels per thread: two 16-byte shared loads of the channel-blocked
+#: weight (``weight_block``) per tap and input channel, as 8 registers.
+BLOCKED_CHANNELS = 8
+#: Its columns per thread at most (strided, ``CudaTile.strided``).  Why a register tile at all: an SM
+#: issues 4 warp-FFMAs per cycle (4 schedulers, sm_70 to sm_90) but serves one 128-byte shared-memory
+#: wavefront per cycle, so a thread needs about 4 multiply-adds per shared load to be FFMA-bound.
+#: The 4-channel x 1-column tile does 4 per 5 loads (SASS of Conv2d(128, 128, 3) on sm_90: 36 FFMA,
+#: 45 LDS per input channel); 8 channels x 4 columns with the weight's 8 channels in two LDS.128
+#: do 32 per 6.
+BLOCKED_COLUMNS = 4
+#: Input channels per group the register-blocked tile needs: its 8 channels reuse each staged input
+#: value only where they share input channels (a depthwise layer's channels read a plane each).
+BLOCKED_MIN_IN_CHANNELS = 8
+#: Warps per SM the register-blocked tile must still give the GPU (the tensor-core rule's
+#: ``OCCUPANCY_WARPS``, measured there): below it, the 4 x 1-2 tile's 4-8x more threads keep it busy.
+BLOCKED_OCCUPANCY_WARPS = 16
+
+
+def _largest_divisor(n: int, at_most: int, at_least: int = 1) -> Optional[int]:
+    return next((d for d in range(min(n, at_most), at_least - 1, -1) if n % d == 0), None)
+
+
+def blocked_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, element_bytes: int,
+                 outputs: int, wanted_threads: int) -> Optional[CudaTile]:
+    """The register-blocked tile (``BLOCKED_CHANNELS`` x up to ``BLOCKED_COLUMNS`` strided columns per
+    thread, about 256 threads), or None where the layer does not suit it: fewer than
+    ``BLOCKED_MIN_IN_CHANNELS`` input channels per group, output channels not in whole blocks of 8,
+    or fewer than ``wanted_threads`` threads for the kernel's ``outputs`` elements."""
+    if in_per_group < BLOCKED_MIN_IN_CHANNELS or out_channels % BLOCKED_CHANNELS:
+        return None
+    # columns: a block's threads span whole rows where 16 or fewer do (28 columns: 7 threads x 4),
+    # else a divisor of them from 8 to 16 threads (no ragged block: its predicate would guard every
+    # multiply-add)
+    columns = next(((v, c if c <= 16 else _largest_divisor(c, 16, 8)) for v in (BLOCKED_COLUMNS, 2, 1)
+                    for c in [out_w // v] if out_w % v == 0 and (c <= 16 or _largest_divisor(c, 16, 8))), None)
+    if columns is None:              # e.g. 34 columns: 17 threads of 2, or 34 of 1, split no further
+        return None
+    w_i, w_t = columns
+    # rows: whole rows per block (no ragged block, no predicate in the inner loop) and 128-256
+    # threads, with fewer channel threads where the height's divisors need it (14 rows under 7 x 8
+    # threads would leave 2 rows, 112 threads, and ptxas spilled that tile of 256 on 14x14: 4 x 7 x 7)
+    blocks = out_channels // BLOCKED_CHANNELS
+    shapes = ((co_t, _largest_divisor(out_h, max(1, 256 // (w_t * co_t)))) for co_t in (8, 4, 2, 1)
+              if blocks % co_t == 0)
+    co_t, h_t = next(((c, h) for c, h in shapes if c * h * w_t >= 128), (_largest_divisor(blocks, 8), 1))
+    tile = CudaTile(co_t=co_t, h_t=h_t, w_t=w_t, co_i=BLOCKED_CHANNELS, w_i=w_i,
+                    rc_i=max(1, min(in_per_group, 32 // element_bytes)), strided=True)
+    return tile if outputs // (BLOCKED_CHANNELS * w_i) >= wanted_threads else None
 
 
 def choose_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, element_bytes: int,
@@ -68,31 +135,57 @@ def _shrink(tile: CudaTile) -> Optional[CudaTile]:
 #: Vector widths of the cooperative copies into shared memory the search may try (the hand
 #: schedule's: 1, what the copies' rows allow for every layer: a padded window's rows are not aligned).
 COPY_VECTORS = (1, 2, 4)
-#: Most registers per thread along the channels or columns in the search (the hand tile: 4 x 1-2).
+#: The vector width of the packed weight's copy (``weight_block``): a chunk's weights are one run
+#: of ``rc_i * kh * kw * B`` elements starting at a multiple of B (8 channels per thread): 16-byte
+#: loads for float32.
+PACKED_COPY_VECTOR = 4
+#: Most registers per thread along the channels or columns in the search (the hand tile: 4 x 1-2,
+#: or the register-blocked 8 x 1-4).
 MAX_REGISTER_TILE = 8
 
 
 class CudaDirect(ScheduleRule):
     name = "cuda-direct"
-    #: 2: the tiles are sampling decisions and the copies are split by RewriteCooperativeFetch
-    version = 2
+    #: 2: the tiles are sampling decisions and the copies are split by RewriteCooperativeFetch;
+    #: 3: the register-blocked tile (``blocked_tile``) with channel-blocked weights (``weight_block``)
+    version = 3
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda":
             return None
+        tile = self.tile(workload, target)
+        packed = len(func.params[1].shape) == 5                  # ``weight_block``'s layout
+        return first_verified(tile, lambda t: self._schedule(func, workload.spec, t, packed), _shrink, target,
+                              self.postprocess)
+
+    def weight_block(self, workload, target):
+        """The register-blocked tile's block of output channels (``[co/B, ci/groups, kh, kw, B]``):
+        a reduction chunk's weights are then one contiguous run, copied in 16-byte vectors, and a
+        thread's 8 channels per tap two 16-byte shared loads.  Conv2d only (the transposed form's
+        weight taps are computed in the copy)."""
+        if str(target.kind.name) != "cuda" or workload.spec.transposed or workload.layout != "NCHW":
+            return None
+        tile = self.tile(workload, target)
+        return tile.channels if tile.strided else None
+
+    @staticmethod
+    def tile(workload, target) -> CudaTile:
+        """The hand tile: register-blocked where the layer suits it and the GPU stays busy
+        (:func:`blocked_tile`), else :func:`choose_tile`'s."""
         spec = workload.spec
         _, co, *spatial = workload.output_shape
         if spec.transposed:
             # conv is [n, co, ph, pw, qh, qw]: the phase's rows and columns are q
-            qh = -(-spatial[0] // spec.stride[0])
-            qw = -(-spatial[1] // spec.stride[1])
-            out_h, out_w = qh, qw
+            out_h, out_w = (-(-size // stride) for size, stride in zip(spatial, spec.stride))
         else:
             out_h, out_w = spatial
         element_bytes = 2 if workload.dtype in ("float16", "bfloat16") else int(workload.dtype[-2:]) // 8
+        in_per_group = spec.in_channels // spec.groups
+        warp = int(target.attrs.get("thread_warp_size", 32))
+        blocked = blocked_tile(co, out_h, out_w, in_per_group, element_bytes, math.prod(workload.output_shape),
+                               BLOCKED_OCCUPANCY_WARPS * warp * multiprocessors(target))
         max_threads = int(target.attrs.get("max_threads_per_block", 1024))
-        tile = choose_tile(co, out_h, out_w, spec.in_channels // spec.groups, element_bytes, max_threads)
-        return first_verified(tile, lambda t: self._schedule(func, spec, t), _shrink, target, self.postprocess)
+        return blocked or choose_tile(co, out_h, out_w, in_per_group, element_bytes, max_threads)
 
     def postprocess(self, sch):
         """The cooperative copies split over the block's threads (and vectorised as decided)."""
@@ -102,7 +195,7 @@ class CudaDirect(ScheduleRule):
         return sch
 
     @staticmethod
-    def _schedule(func, spec, tile: CudaTile) -> s_tir.Schedule:
+    def _schedule(func, spec, tile: CudaTile, packed: bool = False) -> s_tir.Schedule:
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
         # Step 1. Shared-memory copies of the (padded) input and the weight slice; the pad and the
@@ -119,11 +212,19 @@ class CudaDirect(ScheduleRule):
         *phases, h, w = rest
         co_b, co_t, co_i = tunable_tiles(sch, co, (tile.co_t, tile.co_i), MAX_REGISTER_TILE)
         h_b, h_t = tunable_tiles(sch, h, (tile.h_t,), max(tile.h_t, 32))
-        w_b, w_t, w_i = tunable_tiles(sch, w, (tile.w_t, tile.w_i), MAX_REGISTER_TILE)
+        if tile.strided:           # a thread's columns w_t apart: w = (w_b, w_i, w_t)
+            w_b, w_i, w_t = tunable_tiles(sch, w, (tile.w_i, tile.w_t), max(tile.w_t, 32))
+        else:
+            w_b, w_t, w_i = tunable_tiles(sch, w, (tile.w_t, tile.w_i), MAX_REGISTER_TILE)
         rc_o, rc_i = tunable_tiles(sch, rc, (tile.rc_i,), max(tile.rc_i, 32))
-        sch.reorder(*phases, n, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
+        if tile.strided:
+            sch.reorder(*phases, n, co_b, h_b, w_b, w_i, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i)
+        else:
+            sch.reorder(*phases, n, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
         bx = sch.fuse(n, co_b, h_b, w_b)
         tx = sch.fuse(co_t, h_t, w_t)
+        if tile.strided:
+            sch.bind(w_i, "vthread.x")
         sch.bind(bx, "blockIdx.x")
         # The transposed form's phases get grid axes of their own: fused into blockIdx.x, TVM's
         # region analysis mis-derived the weight taps a phase stages ((pw + 1) % 2 of a fused index
@@ -133,15 +234,15 @@ class CudaDirect(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         # Step 3. Stage each reduction chunk cooperatively: the copy's loops fused, split over the
         # block's threads by ``postprocess`` (whatever thread count the tiles give).
-        for cached in (input_shared, weight_shared):
+        for cached, vector in ((input_shared, 1), (weight_shared, PACKED_COPY_VECTOR if packed else 1)):
             sch.compute_at(cached, rc_o, preserve_unit_loops=True)
-            own = sch.get_loops(cached)[3 + len(phases):]     # below the grid, threadIdx and rc_o
+            own = sch.get_loops(cached)[3 + tile.strided + len(phases):]   # below grid, (vthread,) threads, rc_o
             if not own:                              # a one-element window has no loops of its own
                 own = [sch.add_unit_loop(cached)]
             if len(own) > 1:
                 sch.fuse(*own)
             vector = sch.sample_categorical(list(COPY_VECTORS), [1 / len(COPY_VECTORS)] * len(COPY_VECTORS),
-                                            decision=0)
+                                            decision=COPY_VECTORS.index(vector))
             sch.annotate(cached, "meta_schedule.cooperative_fetch", vector)
         # Step 4. Accumulate in registers; write back (with bias and cast) from the registers.
         acc = sch.cache_write(conv, 0, "local")
@@ -153,7 +254,7 @@ class CudaDirect(ScheduleRule):
         else:
             sch.reverse_compute_inline(out)          # bias and cast written from the registers
         sch.reverse_compute_at(acc, tx)
-        for loop in (rh, rw, co_i, w_i):
+        for loop in (rh, rw, co_i) + (() if tile.strided else (w_i,)):
             sch.unroll(loop)
         sch.decompose_reduction(conv, rc_o)
         return sch

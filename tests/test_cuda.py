@@ -117,6 +117,28 @@ def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("layer,shape", [("Conv2d(128, 128, 3, padding=1)", (32, 128, 28, 28)),
+                                         ("Conv2d(1024, 256, 1, bias=False)", (32, 1024, 14, 14)),
+                                         ("ConvTranspose2d(128, 64, 2, stride=2)", (32, 128, 64, 64))])
+def test_exact_float32_batches_take_the_register_blocked_tile(layer, shape):
+    """torch's TF32 off, batch 32: cuda-direct's register-blocked tile (tests/test_cuda_direct.py),
+    conv2d's weights packed in channel blocks once per module and repacked after an in-place update."""
+    from compiler.layers import parse_layer
+    from schedules import cuda_direct
+    m = parse_layer(layer).cuda()
+    m.tuning_database = False
+    x = torch.randn(*shape, device="cuda")
+    with exact_float32():
+        assert_matches_torch(m, x)
+        assert m.schedule == "cuda-direct" and not m.last_request.tf32
+        assert cuda_direct.CudaDirect.tile(build.workload_of(m.last_request), m.kernel.target).strided
+        assert (m.kernel.weight_block is None) == m._spec().transposed
+        with torch.no_grad():
+            m.weight.mul_(-0.5)
+        assert_matches_torch(m, x)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("weights", ["contiguous", "channels_last"])

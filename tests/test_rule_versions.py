@@ -43,6 +43,8 @@ CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("sm_80", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("sm_80", "ConvTranspose2d(16, 8, 4, stride=2, padding=1)", "1,16,8,8", "float32"),
          ("sm_80", "Conv2d(32, 32, 3, padding=1)", "1,32,16,16", "float16"),
+         # cuda-direct's register-blocked tile (batch 32; exact FP32, which the TF32 rule leaves to it)
+         ("sm_90", "Conv2d(128, 128, 3, padding=1)", "32,128,28,28", "float32", "cuda-direct"),
          # channels_last calls' NHWC kernels (prepacked weights, as the modules take them)
          ("znver3", "Conv2d(96, 96, 7, padding=3, groups=96)", "1,96,56,56", "float32", "NHWC"),
          ("znver3", "Conv2d(96, 192, 2, stride=2)", "1,96,56,56", "float32", "NHWC"),
