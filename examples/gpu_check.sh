@@ -50,6 +50,9 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "bwd-f32-b8:--backward --dtype float32 --batch 8"
   "bwd-f16-b32:--backward --dtype float16 --batch 32"
 )
+#: f32-b32: exact FP32 (TF32 off) at batch 32, where cuda-direct 3 takes its register-blocked tile
+#: (8 channels x up to 4 columns per thread, channel-blocked weights): built and checked without a GPU,
+#: not yet timed (tests/test_cuda_direct.py; the GPU test test_exact_float32_batches_take_the_...)
 #: bwd-*: a training step per layer (forward, input, weight and bias gradients) against cuDNN's (the
 #: drop-in issue's goal), e.g. `bench bwd-f32-b8 bwd-f16-b32` on a short lease
 #: the NHWC lease (``nhwc``): what channels_last kernels need measured, most wanted first, seconds each

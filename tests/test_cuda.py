@@ -120,7 +120,7 @@ def test_modules_run_on_the_gpu_and_match_torch(variant, dtype):
 @pytest.mark.parametrize("layer,shape", [("Conv2d(128, 128, 3, padding=1)", (32, 128, 28, 28)),
                                          ("Conv2d(1024, 256, 1, bias=False)", (32, 1024, 14, 14)),
                                          ("ConvTranspose2d(128, 64, 2, stride=2)", (32, 128, 64, 64))])
-def test_exact_float32_batches_take_the_register_blocked_tile(layer, shape):
+def test_exact_float32_batches_take_the_register_blocked_tile_on_the_gpu(layer, shape):
     """torch's TF32 off, batch 32: cuda-direct's register-blocked tile (tests/test_cuda_direct.py),
     conv2d's weights packed in channel blocks once per module and repacked after an in-place update."""
     from compiler.layers import parse_layer
