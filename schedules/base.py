@@ -261,6 +261,12 @@ def tunable_tiles(sch: s_tir.Schedule, loop, tiles: Sequence[int], max_innermost
     return sch.split(loop, factors=factors)
 
 
+def largest_divisor(n: int, at_most: int, at_least: int = 1) -> Optional[int]:
+    """The largest divisor of ``n`` from ``at_least`` to ``at_most`` (at least 1), None if there is none
+    (never with ``at_least`` 1)."""
+    return next((d for d in range(min(n, max(1, at_most)), at_least - 1, -1) if n % d == 0), None)
+
+
 def has_block(sch: s_tir.Schedule, name: str) -> bool:
     try:
         sch.get_sblock(name)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from tvm import s_tir
 
-from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, has_block, native_lanes, tunable_split,
-                   vectorize_if_wide)
+from .base import (CPU_UNROLL_STEPS, ScheduleRule, accumulator_lanes, has_block, largest_divisor, native_lanes,
+                   tunable_split, vectorize_if_wide)
 from .cpu_direct import accumulate_in_registers, column_tile, epilogue_pass, partial_tile_pieces
 
 #: Taps above which the kernel-row loop stays rolled (the unrolled body would be rows x taps FMAs).
@@ -24,10 +24,6 @@ MAX_UNROLLED_TAPS = 49
 class DepthwiseConfig:
     rows: int      # output rows per register tile
     columns: int   # output columns per register tile (the vector)
-
-
-def _largest_divisor(n: int, at_most: int) -> int:
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
 def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> DepthwiseConfig:
@@ -53,10 +49,10 @@ def choose_config(out_height: int, out_width: int, stride: int, lanes: int) -> D
             # threads, 7x7 on 192x28x28: 0.53 -> 0.35 ms, 5x5 on 240x28x28 0.40 -> 0.34 (4 rows:
             # 0.26), 3x3 on 144x28x28 0.17 -> 0.14).  More rows spill; on 56-wide planes 7 rows of
             # one register stayed 1.1-1.4x faster.
-            return DepthwiseConfig(rows=_largest_divisor(out_height, 2), columns=pairs[0])
-        return DepthwiseConfig(rows=_largest_divisor(out_height, 8), columns=column_tile(out_width, lanes))
-    return DepthwiseConfig(rows=_largest_divisor(out_height, 4),
-                           columns=_largest_divisor(out_width, max(1, lanes // 2)))
+            return DepthwiseConfig(rows=largest_divisor(out_height, 2), columns=pairs[0])
+        return DepthwiseConfig(rows=largest_divisor(out_height, 8), columns=column_tile(out_width, lanes))
+    return DepthwiseConfig(rows=largest_divisor(out_height, 4),
+                           columns=largest_divisor(out_width, max(1, lanes // 2)))
 
 
 def tasks_pad_their_planes(sch: s_tir.Schedule, images, channels):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import CPU_UNROLL_STEPS, ScheduleRule, native_lanes
-from .cpu_depthwise import MAX_UNROLLED_TAPS, _largest_divisor, tasks_pad_their_planes
+from .base import CPU_UNROLL_STEPS, ScheduleRule, largest_divisor, native_lanes
+from .cpu_depthwise import MAX_UNROLLED_TAPS, tasks_pad_their_planes
 
 #: Output pixels per register tile: accumulators of one register each, with the weight vector and an
 #: input vector beside them in AVX2's 16 registers (7 divides the widths of ConvNeXt's and
@@ -54,7 +54,7 @@ class CpuDepthwiseNhwc(ScheduleRule):
             return None            # torch-layout ([c, kh, kw, 1]) weights: the rule reads packed ones only
         spec = workload.spec
         _, _, _, out_width = workload.output_shape
-        columns = _largest_divisor(out_width, MAX_COLUMNS)
+        columns = largest_divisor(out_width, MAX_COLUMNS)
         n, oh, ow, c, rh, rw, rc = sch.get_loops(conv)
         c_o, c_i = sch.split(c, [None, lanes])
         ow_o, ow_i = sch.split(ow, [None, columns])

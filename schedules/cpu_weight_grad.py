@@ -19,8 +19,8 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, native_lanes, registers_per_vector, schedule_pad,
-                   vectorize_if_wide)
+from .base import (ScheduleRule, accumulator_lanes, has_block, largest_divisor, native_lanes, registers_per_vector,
+                   schedule_pad, vectorize_if_wide)
 
 #: Bytes of the packed ``gy`` chunk a task sweeps all its tiles with: half of a 32 KiB L1 data
 #: cache (the input rows the tile reads take the rest).
@@ -28,18 +28,14 @@ CHUNK_BYTES = 16 * 1024
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
-def _divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, max(1, limit)) + 1) if n % d == 0)
-
-
 def tap_tile(in_per_group: int, kernel: tuple, taps: int) -> tuple:
     """(input channels, kernel rows, kernel columns) of the register tile, at most ``taps`` of them:
     kernel columns whole when they fit, then input channels, then kernel rows (only once every
     input channel of the group is in the tile: the depthwise case)."""
     kh, kw = kernel
-    columns = _divisor_at_most(kw, taps)
-    channels = _divisor_at_most(in_per_group, taps // columns)
-    rows = _divisor_at_most(kh, taps // (columns * channels)) if channels == in_per_group else 1
+    columns = largest_divisor(kw, taps)
+    channels = largest_divisor(in_per_group, taps // columns)
+    rows = largest_divisor(kh, taps // (columns * channels)) if channels == in_per_group else 1
     return channels, rows, columns
 
 
@@ -101,7 +97,7 @@ class CpuWeightGrad(ScheduleRule):
         taps = tile_taps(cpu_info(target).vector_registers, per_vector)
         ci_tile, r_tile, c_tile = tap_tile(extent(ci), (extent(r), extent(c)), taps)
         acc_bytes = DTYPE_BYTES[workload.accumulate_dtype]
-        rows = _divisor_at_most(extent(roh), CHUNK_BYTES // max(1, extent(row) * lanes * acc_bytes))
+        rows = largest_divisor(extent(roh), CHUNK_BYTES // max(1, extent(row) * lanes * acc_bytes))
         data, cotangent = ("grad_output", "input") if workload.spec.transposed else ("input", "grad_output")
         co_o, co_v = sch.split(co, factors=[None, lanes])
         # Step 1. A task per channel vector; the pixels in chunks of rows, every tap tile inside.
@@ -146,7 +142,7 @@ class CpuWeightGrad(ScheduleRule):
         if has_block(sch, "pad") and not planes_in_task:
             sch.compute_inline(sch.get_sblock("pad"))
         co, ci, r, c, rn, roh, row = sch.get_loops(conv)
-        width = _divisor_at_most(extent(row), lanes)
+        width = largest_divisor(extent(row), lanes)
         if 2 * width < min(lanes, extent(row)):
             width = min(lanes, extent(row))           # a predicated vector beats a narrow one
         row_o, row_i = sch.split(row, factors=[None, width])

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Tuple
 
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from targets.cuda import multiprocessors
 
-from .base import ScheduleRule, bind_elementwise, has_block, tunable_tiles
+from .base import ScheduleRule, bind_elementwise, has_block, largest_divisor, tunable_tiles
 from .gpu_verify import first_verified
 
 
@@ -72,8 +72,18 @@ BLOCKED_MIN_IN_CHANNELS = 8
 BLOCKED_OCCUPANCY_WARPS = 16
 
 
-def _largest_divisor(n: int, at_most: int, at_least: int = 1) -> Optional[int]:
-    return next((d for d in range(min(n, at_most), at_least - 1, -1) if n % d == 0), None)
+def _strided_columns(out_w: int) -> Optional[Tuple[int, int]]:
+    """(columns per thread, threads along a row) of the register-blocked tile: 4, 2 or 1 columns per
+    thread, the first that divides the width into rows of 16 or fewer threads (28 columns: 7 x 4),
+    else into a divisor of them from 8 to 16; None where none does (34 columns: 17 threads of 2, or
+    34 of 1).  No ragged block: its predicate would guard every multiply-add."""
+    for per_thread in (BLOCKED_COLUMNS, 2, 1):
+        if out_w % per_thread == 0:
+            threads = out_w // per_thread
+            threads = threads if threads <= 16 else largest_divisor(threads, 16, 8)
+            if threads:
+                return per_thread, threads
+    return None
 
 
 def blocked_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, element_bytes: int,
@@ -84,21 +94,16 @@ def blocked_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, e
     or fewer than ``wanted_threads`` threads for the kernel's ``outputs`` elements."""
     if in_per_group < BLOCKED_MIN_IN_CHANNELS or out_channels % BLOCKED_CHANNELS:
         return None
-    # columns: a block's threads span whole rows where 16 or fewer do (28 columns: 7 threads x 4),
-    # else a divisor of them from 8 to 16 threads (no ragged block: its predicate would guard every
-    # multiply-add)
-    columns = next(((v, c if c <= 16 else _largest_divisor(c, 16, 8)) for v in (BLOCKED_COLUMNS, 2, 1)
-                    for c in [out_w // v] if out_w % v == 0 and (c <= 16 or _largest_divisor(c, 16, 8))), None)
-    if columns is None:              # e.g. 34 columns: 17 threads of 2, or 34 of 1, split no further
+    columns = _strided_columns(out_w)
+    if columns is None:
         return None
     w_i, w_t = columns
     # rows: whole rows per block (no ragged block, no predicate in the inner loop) and 128-256
     # threads, with fewer channel threads where the height's divisors need it (14 rows under 7 x 8
     # threads would leave 2 rows, 112 threads, and ptxas spilled that tile of 256 on 14x14: 4 x 7 x 7)
     blocks = out_channels // BLOCKED_CHANNELS
-    shapes = ((co_t, _largest_divisor(out_h, max(1, 256 // (w_t * co_t)))) for co_t in (8, 4, 2, 1)
-              if blocks % co_t == 0)
-    co_t, h_t = next(((c, h) for c, h in shapes if c * h * w_t >= 128), (_largest_divisor(blocks, 8), 1))
+    shapes = ((co_t, largest_divisor(out_h, 256 // (w_t * co_t))) for co_t in (8, 4, 2, 1) if blocks % co_t == 0)
+    co_t, h_t = next(((c, h) for c, h in shapes if c * h * w_t >= 128), (largest_divisor(blocks, 8), 1))
     tile = CudaTile(co_t=co_t, h_t=h_t, w_t=w_t, co_i=BLOCKED_CHANNELS, w_i=w_i,
                     rc_i=max(1, min(in_per_group, 32 // element_bytes)), strided=True)
     return tile if outputs // (BLOCKED_CHANNELS * w_i) >= wanted_threads else None
@@ -212,19 +217,22 @@ class CudaDirect(ScheduleRule):
         *phases, h, w = rest
         co_b, co_t, co_i = tunable_tiles(sch, co, (tile.co_t, tile.co_i), MAX_REGISTER_TILE)
         h_b, h_t = tunable_tiles(sch, h, (tile.h_t,), max(tile.h_t, 32))
-        if tile.strided:           # a thread's columns w_t apart: w = (w_b, w_i, w_t)
+        if tile.strided:
+            # a thread's columns w_t apart (w = (w_b, w_i, w_t)), w_i a virtual thread: TVM then gives
+            # each column its co_i accumulators.  As a loop below the threads, the accumulators'
+            # buffer spanned all w_i x w_t columns between them (224 floats on 28 columns, which
+            # ptxas put on a 944-byte stack for sm_80).
             w_b, w_i, w_t = tunable_tiles(sch, w, (tile.w_i, tile.w_t), max(tile.w_t, 32))
+            vthreads, registers = (w_i,), (co_i,)
         else:
             w_b, w_t, w_i = tunable_tiles(sch, w, (tile.w_t, tile.w_i), MAX_REGISTER_TILE)
+            vthreads, registers = (), (co_i, w_i)
         rc_o, rc_i = tunable_tiles(sch, rc, (tile.rc_i,), max(tile.rc_i, 32))
-        if tile.strided:
-            sch.reorder(*phases, n, co_b, h_b, w_b, w_i, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i)
-        else:
-            sch.reorder(*phases, n, co_b, h_b, w_b, co_t, h_t, w_t, rc_o, rc_i, rh, rw, co_i, w_i)
+        sch.reorder(*phases, n, co_b, h_b, w_b, *vthreads, co_t, h_t, w_t, rc_o, rc_i, rh, rw, *registers)
         bx = sch.fuse(n, co_b, h_b, w_b)
         tx = sch.fuse(co_t, h_t, w_t)
-        if tile.strided:
-            sch.bind(w_i, "vthread.x")
+        for vthread in vthreads:
+            sch.bind(vthread, "vthread.x")
         sch.bind(bx, "blockIdx.x")
         # The transposed form's phases get grid axes of their own: fused into blockIdx.x, TVM's
         # region analysis mis-derived the weight taps a phase stages ((pw + 1) % 2 of a fused index
@@ -236,7 +244,7 @@ class CudaDirect(ScheduleRule):
         # block's threads by ``postprocess`` (whatever thread count the tiles give).
         for cached, vector in ((input_shared, 1), (weight_shared, PACKED_COPY_VECTOR if packed else 1)):
             sch.compute_at(cached, rc_o, preserve_unit_loops=True)
-            own = sch.get_loops(cached)[3 + tile.strided + len(phases):]   # below grid, (vthread,) threads, rc_o
+            own = sch.get_loops(cached)[3 + len(vthreads) + len(phases):]  # below grid, vthreads, threads, rc_o
             if not own:                              # a one-element window has no loops of its own
                 own = [sch.add_unit_loop(cached)]
             if len(own) > 1:
@@ -254,7 +262,7 @@ class CudaDirect(ScheduleRule):
         else:
             sch.reverse_compute_inline(out)          # bias and cast written from the registers
         sch.reverse_compute_at(acc, tx)
-        for loop in (rh, rw, co_i) + (() if tile.strided else (w_i,)):
+        for loop in (rh, rw, *registers):
             sch.unroll(loop)
         sch.decompose_reduction(conv, rc_o)
         return sch

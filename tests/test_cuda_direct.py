@@ -4,7 +4,6 @@ and channel-blocked weights, and its machine code: the multiply-adds per shared 
 import collections
 import contextlib
 import re
-import subprocess
 from unittest import mock
 
 import pytest
@@ -24,7 +23,7 @@ from schedules import CudaDirect, cuda_direct
 from targets import resolve
 from test_cuda_emulated import TORCH_DTYPE
 from test_random_configs import SETTINGS
-from test_tensorcore import cuobjdump, needs_nvcc, ptxas_report
+from test_tensorcore import _pack_on_host, cuobjdump, disassembled, needs_nvcc, ptxas_report
 
 SM90 = resolve("cuda/sm_90")
 
@@ -86,12 +85,6 @@ def blocked_everywhere():
         yield
 
 
-def _pack(weight: torch.Tensor, block: int) -> torch.Tensor:
-    """torch's ``[co, ci, kh, kw]`` as ``compute.pack_weight`` lays it out: ``[co/B, ci, kh, kw, B]``."""
-    co, ci, kh, kw = weight.shape
-    return weight.reshape(co // block, block, ci, kh, kw).permute(0, 2, 3, 4, 1).contiguous()
-
-
 def _emulated(spec: ConvSpec, shape, dtype: str, packed: bool, target=SM90) -> None:
     """Schedule as a module (``packed``) or a search (torch-layout weights) would, emulate, compare."""
     request = KernelRequest(spec, shape, dtype, spec.output_padding if spec.transposed else None)
@@ -106,8 +99,8 @@ def _emulated(spec: ConvSpec, shape, dtype: str, packed: bool, target=SM90) -> N
     x = torch.randn(*shape, dtype=TORCH_DTYPE[dtype])
     y = x.new_empty(spec.output_shape(shape, spec.output_padding if spec.transposed else None))
     weight = m.weight.detach()
-    if scheduled.weight_block:
-        weight = _pack(weight, scheduled.weight_block)
+    if scheduled.weight_block:              # packed by the module's pack kernel's compute
+        weight = _pack_on_host(request, scheduled.weight_block, weight)
     kernel(x, weight, *([m.bias.detach()] if m.bias is not None else []), y)
     assert_output_matches(m, x, y)
 
@@ -180,9 +173,7 @@ def _sass_counts(request: KernelRequest, arch: str, tmp_path, prepacked: bool = 
     scheduled = build.schedule(request, target, rules=(CudaDirect(),), prepacked=prepacked)
     source = cuda_binary.device_source(tvm.compile(scheduled.mod, target=target))
     report = ptxas_report(source, arch, tmp_path)
-    sass = subprocess.run([cuobjdump(), "-sass", "kernel.cubin"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True).stdout
-    return report, collections.Counter(_SASS_OP.findall(sass))
+    return report, collections.Counter(_SASS_OP.findall(disassembled(tmp_path)))
 
 
 #: ResNet-50's convolutions at batch 32 (examples/cuda_layers.txt): 4, 4, 2 and 1 columns per thread

@@ -438,6 +438,12 @@ def cuobjdump() -> str:
     return str(tool) if tool.exists() else ""
 
 
+def disassembled(tmp_path: pathlib.Path) -> str:
+    """The SASS of the ``kernel.cubin`` that :func:`ptxas_report` wrote in ``tmp_path``."""
+    return subprocess.run([cuobjdump(), "-sass", "kernel.cubin"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout
+
+
 #: SASS of the tensor-core multiply-add on sm_80 and sm_90 (``HMMA.16816.F32`` for float16,
 #: ``HMMA.16816.F32.BF16`` for bfloat16, ``HMMA.1688.F32.TF32`` for m16n8k8 TF32): what the
 #: mma.sync of the PTX must become.
@@ -456,8 +462,7 @@ def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
     from shared memory."""
     source = _cuda_source(layer, dtype, arch)
     ptxas_report(source, arch, tmp_path)                       # writes kernel.cubin
-    sass = subprocess.run([cuobjdump(), "-sass", "kernel.cubin"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True).stdout
+    sass = disassembled(tmp_path)
     assert f"code for {arch}" in sass
     assert SASS_HMMA[dtype].search(sass), sass[:2000]
     if dtype == "tf32":
