@@ -91,13 +91,13 @@ def occupancy_candidates(gemm, target, element_bytes, hand, occupancies, a_stage
     return chosen
 
 
-def split_candidates_of(gemm, hand, spec, layout):
+def split_candidates_of(gemm, hand, spec):
     """The hand choice, then its tile with every other K slice count it allows (1, unsplit, included):
     whether split-K pays, and at what count (``schedules.cuda_tensorcore.choose_split``)."""
     from dataclasses import replace
 
     from schedules.cuda_tensorcore import split_candidates
-    return [hand] + [replace(hand, split_k=s) for s in [1] + split_candidates(gemm, hand, spec, layout)
+    return [hand] + [replace(hand, split_k=s) for s in [1] + split_candidates(gemm, hand, spec)
                      if s != hand.split_k]
 
 
@@ -109,7 +109,9 @@ def build(args) -> None:
     from compiler.request import KernelRequest
     from dataclasses import replace
 
-    from schedules.cuda_tensorcore import CudaTensorCore, gemm_of, input_vector, verifying_target
+    from schedules.cuda_tensorcore import (CudaTensorCore, completed, gemm_of, input_vector, ranked_configs,
+                                           verifying_target)
+    from schedules.tensor_intrinsics import A_KM, A_MK
     from schedules.gpu_verify import passes_gpu_verification
     from targets import resolve
     from targets.cuda import compile_context
@@ -136,12 +138,16 @@ def build(args) -> None:
         element_bytes = 4 if tf32 else 2
         hand, hand_sch = CudaTensorCore().tile_and_schedule(func, workload, base)
         if args.splits:
-            pool = split_candidates_of(gemm, hand, spec, args.layout)
+            pool = split_candidates_of(gemm, hand, spec)
         elif args.occupancies:
             pool = occupancy_candidates(gemm, target, element_bytes, hand,
                                         [int(w) for w in args.occupancies.split(",")], hand.a_staged)
         else:
             pool = candidates(gemm, target, element_bytes, hand, args.configs, rng)
+        if args.layout == "NCHW" and not spec.transposed:
+            # the NCHW input read the other way (in place, or through an NHWC copy: relayout_pays)
+            other = A_KM if hand.a_staged == A_MK else A_MK
+            pool.insert(1, completed(ranked_configs(gemm, target, element_bytes, other)[0], gemm, workload, base))
         for n, config in enumerate(pool):
             try:
                 if n == 0:
@@ -149,7 +155,7 @@ def build(args) -> None:
                 else:
                     config, sch = CudaTensorCore.schedule_contiguous(
                         func, workload, replace(config, input_vector=input_vector(workload, config)))
-                    verifier = verifying_target(target, hand.a_staged) if args.splits else target
+                    verifier = verifying_target(target, config.a_staged) if args.splits else target
                 if n and not passes_gpu_verification(sch.mod, verifier):
                     continue
                 with compile_context(target):

@@ -34,6 +34,13 @@ The accumulators go through shared memory (float32, reusing the staging space) t
 activations) and the cast are applied there and written coalesced to NCHW.  The transposed form's
 phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does).
 
+An NCHW conv2d input that would be read a pixel per load (every layer but the 1x1, stride-1,
+unpadded ones) is instead read through an NHWC copy where a group's channels fill 16-byte vectors
+(``relayout_pays``, measured; ``relayout``): two transpose kernels in the same module (``_relayout``:
+the input and torch's weight, each through a shared-memory tile) write ``[n, h, w, c]`` and ``[co, kh,
+kw, ci]`` copies to a workspace, and the GEMM is the NHWC one below, writing NCHW.  The in-place
+form stays a design space beside it (``alternatives``).
+
 NHWC (channels_last tensors read and written in place, ``compiler.request.LAYOUTS``): A is staged
 ``[m, k]``, K ordered (kh, kw, c) or by channel blocks (``gemm_of``), so a row of A is runs of one
 pixel's channels and loads 16 bytes at a time; the epilogue's threads run along N (consecutive
@@ -66,12 +73,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
-from tvm import s_tir
+from tvm import DataType, s_tir
 from tvm.tirx import IndexMap
 
 from targets.cuda import arch_number, multiprocessors, opt_in_shared_memory, with_shared_memory
 
-from .base import ScheduleRule, bind_elementwise, has_block
+from .base import GPU_THREADS, ScheduleRule, bind_elementwise, has_block, largest_divisor
 from .gpu_verify import first_verified, passes_gpu_verification
 from .tensor_intrinsics import A_KM, A_MK, FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
 
@@ -122,6 +129,12 @@ PIPELINE_STAGES = 1
 #: and loop state.  ``nvcc -Xptxas -v`` (CUDA 13, no GPU needed), sm_80 and sm_90: 8-9 fragments
 #: per warp (64-72 floats) used 121-138 registers, 12 (96 floats) 165-170, none spilled.
 ACCUMULATOR_SHARE = 0.5
+#: Most accumulator fragments per warp of a tile with A staged ``[m, k]`` before sm_90.  ptxas (CUDA 13)
+#: for sm_80 gave the 96x128 NHWC tiles (2x2 warps of 3x4 fragments) of Conv2d(128, 128, 3) on
+#: 32x128x28x28 and Conv2d(256, 256, 3) on 14x14 255 registers and spilled 20-64 bytes (float16,
+#: bfloat16), where sm_90 used 168 and spilled nothing; the 8-fragment tiles (128x64) used 124-148
+#: registers on sm_80 and spilled nothing.
+SM80_MK_FRAGMENTS = 8
 #: Fewest reduction elements a K slice of a split-K kernel keeps (``split_candidates``).  Each slice
 #: writes its float32 partial sums to a workspace that a second kernel reads back: 8 bytes per output
 #: and slice.  A 32x32 block (the smallest tile, the one an unoccupied GPU gets) stages
@@ -238,7 +251,8 @@ def _chunk(k: int, unpadded: bool = False) -> int:
 def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_KM) -> List[Config]:
     """The tiles the rule may use, best first.  Up to 2x2 warps (128 threads), each with up to 4x4
     fragments (64 pixels x 64 channels) that keep within ``ACCUMULATOR_SHARE`` of the registers a
-    thread may hold at this block size (target's ``registers_per_block``, at most 255 per thread),
+    thread may hold at this block size (target's ``registers_per_block``, at most 255 per thread; with A
+    staged ``[m, k]`` before sm_90 at most ``SM80_MK_FRAGMENTS``),
     pad neither GEMM axis by more than an eighth, and fit the target's
     shared memory (``shared_memory_limit``) with operands of ``element_bytes``.  Ranked: those that give the
     GPU ``OCCUPANCY_WARPS`` warps per SM (``NHWC_OCCUPANCY_WARPS`` with A staged ``[m, k]``) first, the most fragments per warp among them (else the
@@ -250,6 +264,8 @@ def ranked_configs(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A
     threads = warps_m * warps_n * WARP
     registers = min(255, int(target.attrs.get("registers_per_block", 65536)) // threads)
     accumulators = int(registers * ACCUMULATOR_SHARE) // (FRAGMENT * FRAGMENT // WARP)   # fragments
+    if a_staged == A_MK and arch_number(target) < 90:
+        accumulators = min(accumulators, SM80_MK_FRAGMENTS)
     limit = shared_memory_limit(target, a_staged)
     longest = _chunk(gemm.k, unpadded=a_staged == A_MK)
     fitting = [Config(warps_m, warps_n, fm, fn, chunk, element_bytes, PIPELINE_STAGES, a_staged=a_staged)
@@ -279,17 +295,17 @@ def _warps(gemm: Gemm, config: Config) -> int:
     return blocks * config.split_k * config.warps_m * config.warps_n
 
 
-def split_candidates(gemm: Gemm, config: Config, spec, layout: str = "NCHW") -> List[int]:
+def split_candidates(gemm: Gemm, config: Config, spec) -> List[int]:
     """The K slice counts a split-K kernel of ``config`` may take, 2 and up: those that divide its
-    reduction chunks into equal slices (for a channel-blocked NHWC GEMM, ``gemm_of``, its channel
+    reduction chunks into equal slices (for a channel-blocked ``[m, k]`` GEMM, ``gemm_of``, its channel
     blocks, so that a slice is whole blocks of every tap) of at least ``MIN_SLICE_K`` elements."""
     chunks = -(-gemm.k // config.chunk_k)
     units = spec.in_channels // spec.groups // config.chunk_k \
-        if _channel_blocked(spec, gemm, layout, config.chunk_k) else chunks
+        if _channel_blocked(spec, gemm, config.a_staged, config.chunk_k) else chunks
     return [s for s in range(2, units + 1) if units % s == 0 and chunks // s * config.chunk_k >= MIN_SLICE_K]
 
 
-def choose_split(gemm: Gemm, config: Config, target, spec, layout: str = "NCHW") -> int:
+def choose_split(gemm: Gemm, config: Config, target, spec) -> int:
     """``config``'s K slices: 1 where its blocks keep the GPU busy (``_wanted_warps``), else the
     fewest of ``split_candidates`` that do, or the most there are.  Small-batch deep layers need
     them: Conv2d(512, 512, 3) on 1x512x7x7 is a GEMM of 49 x 512 x 4608, 32 blocks of 32x32 for 132
@@ -297,7 +313,7 @@ def choose_split(gemm: Gemm, config: Config, target, spec, layout: str = "NCHW")
     wanted = _wanted_warps(target, config.a_staged)
     if _warps(gemm, config) >= wanted:
         return 1
-    candidates = split_candidates(gemm, config, spec, layout)
+    candidates = split_candidates(gemm, config, spec)
     enough = [s for s in candidates if _warps(gemm, replace(config, split_k=s)) >= wanted]
     return (enough or candidates or [1])[0 if enough else -1]
 
@@ -327,17 +343,21 @@ def choose_config(gemm: Gemm, target, element_bytes: int = 2, a_staged: str = A_
     return ranked[0] if ranked else None
 
 
-def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[int] = None) -> Tuple[Gemm, IndexMap]:
+def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[int] = None,
+            a_staged: Optional[str] = None) -> Tuple[Gemm, IndexMap]:
     """The GEMM view of the ``conv`` block: its shape and the map from the block's iterators
     (NCHW: ``(n, co, [ph, pw,] h, w, rc, rh, rw)``; NHWC: ``(n, h, w, co, rh, rw, rc)``) to
-    ``(g, [ph, pw,] m, n, k)``, with K ordered as the input's bytes: ``(c, kh, kw)`` for NCHW;
-    for NHWC ``(kh, kw, c)`` (a run of K is a run of one pixel's channels), or, where a reduction
+    ``(g, [ph, pw,] m, n, k)``, with K ordered as the bytes A is read from (``a_staged``, by default
+    the layout's own: ``A_MK`` for NHWC): ``(c, kh, kw)`` for A staged ``[k, m]`` (an NCHW input);
+    for ``[m, k]`` ``(kh, kw, c)`` (a run of K is a run of one pixel's channels, in an NHWC input
+    or the NHWC copy of an NCHW one, ``relayout``), or, where a reduction
     chunk of ``chunk_k`` divides the channels of a group, ``(c // chunk_k, kh, kw, c % chunk_k)``:
     each chunk one tap's run of ``chunk_k`` channels.  TVM's vectorizer proves a channel vector's
     lanes consecutive only when the chunk's K start is a multiple of the channels' (measured on
     Conv2d(128, 128, 3) and Conv2d(256, 256, 3) on sm_90: with chunks of 32, 64 and 128 the input's
     16-byte loads were split into single elements unless the chunk was the 128 channels), and this
     order makes every chunk start so."""
+    a_staged = a_staged or (A_MK if layout == "NHWC" else A_KM)
     extents = [int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars]
     if layout == "NHWC":
         batch, *phases, height, width, channels, rh, rw, rc = extents
@@ -345,7 +365,7 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
         batch, channels, *phases, height, width, rc, rh, rw = extents
     per_group = channels // spec.groups
     gemm = Gemm(spec.groups * math.prod(phases), batch * height * width, per_group, rc * rh * rw)
-    block = chunk_k if _channel_blocked(spec, gemm, layout, chunk_k) else rc
+    block = chunk_k if _channel_blocked(spec, gemm, a_staged, chunk_k) else rc
 
     def to_gemm(n, co, *rest):
         *phase, h, w, c, r, s = rest
@@ -359,16 +379,22 @@ def gemm_of(sch: s_tir.Schedule, spec, layout: str = "NCHW", chunk_k: Optional[i
         g, m, n_, k = nhwc_to_gemm(n, h, w, co, r, s, c)
         return (g, ph, pw, m, n_, k)
 
-    nhwc = nhwc_phases_to_gemm if phases else nhwc_to_gemm
-    return gemm, IndexMap.from_func(nhwc if layout == "NHWC" else to_gemm, ndim=len(extents), index_dtype="int32")
+    def nchw_channels_inner(n, co, h, w, c, r, s):              # an NCHW conv read through ``relayout``
+        return nhwc_to_gemm(n, h, w, co, r, s, c)
+
+    if layout == "NHWC":
+        mapping = nhwc_phases_to_gemm if phases else nhwc_to_gemm
+    else:
+        mapping = nchw_channels_inner if a_staged == A_MK else to_gemm
+    return gemm, IndexMap.from_func(mapping, ndim=len(extents), index_dtype="int32")
 
 
-def _channel_blocked(spec, gemm: Gemm, layout: str, chunk_k: Optional[int]) -> bool:
-    """Whether an NHWC GEMM orders K by blocks of ``chunk_k`` channels (``gemm_of``): where the GEMM
-    has several taps (a transposed layer's: one phase's) and a chunk divides a group's channels and is
-    fewer than them (otherwise the order is the same as ``(kh, kw, c)``)."""
+def _channel_blocked(spec, gemm: Gemm, a_staged: str, chunk_k: Optional[int]) -> bool:
+    """Whether a GEMM with A staged ``[m, k]`` orders K by blocks of ``chunk_k`` channels (``gemm_of``):
+    where the GEMM has several taps (a transposed layer's: one phase's) and a chunk divides a group's
+    channels and is fewer than them (otherwise the order is the same as ``(kh, kw, c)``)."""
     per_group = spec.in_channels // spec.groups
-    return layout == "NHWC" and bool(chunk_k) and _taps(spec, gemm) > 1 and per_group % chunk_k == 0 \
+    return a_staged == A_MK and bool(chunk_k) and _taps(spec, gemm) > 1 and per_group % chunk_k == 0 \
         and chunk_k < per_group
 
 
@@ -378,8 +404,43 @@ def _taps(spec, gemm: Gemm) -> int:
 
 
 def a_staging(workload) -> str:
-    """How the rule stages A for ``workload``: ``[m, k]`` for NHWC inputs, else ``[k, m]``."""
-    return A_MK if workload.layout == "NHWC" else A_KM
+    """How the rule stages A for ``workload``: ``[m, k]`` for NHWC inputs and for the NCHW inputs of
+    layers that :func:`relayout_pays` for (read through an NHWC copy, ``relayout``), else ``[k, m]``."""
+    return A_MK if workload.layout == "NHWC" or relayout_pays(workload) else A_KM
+
+
+def relayout_pays(workload) -> bool:
+    """Whether the rule reads an NCHW conv2d input through an NHWC copy made by a transpose kernel
+    (``relayout``) rather than in place: where in place it would read a pixel per load (every layer
+    but the 1x1, stride-1, unpadded ones, whose rows of A are runs of the input plane: 16-byte loads,
+    ``input_vector``) and the NHWC copy's channel runs are whole 16-byte vectors that TVM can prove
+    so: a group's input channels in whole 16-element mma steps (24 channels, a K of 216 for a 3x3
+    layer, pad K to whole steps, and that padding's test, differing from lane to lane of a vector,
+    made TVM read the copy an element at a time: ``_chunk``).  Measured on an H100 (kernels alone, float16, batch 32, ResNet-50's layers; NCHW:
+    tuning_logs/cuda-sm_90/sweep-h100-20261126.json, NHWC: h100-nhwc-20261127/sweep-occupancies.log),
+    the best NHWC kernels of the 3x3 layers took 0.030-0.062 ms against 0.136-0.270 ms for the best
+    NCHW ones (Conv2d(128, 128, 3) on 28x28: 0.030 against 0.136), while the 1x1 layers were level
+    (Conv2d(256, 64, 1): 0.0355 against 0.0341; Conv2d(1024, 256, 1): 0.028 against 0.025).  The
+    copies cost a read and a write of the input and the weight (Conv2d(64, 64, 3) on 32x64x56x56, the
+    largest input: 26 MB, about 10 us at the H100's 3 TB/s; arithmetic, not measured), so the 3x3
+    layers gain 2-4x.  A search measures both ways per layer (``CudaTensorCore.alternatives``).
+    Transposed layers stay in place (their NHWC phase GEMMs were no faster, layout probe of
+    h100-nhwc-20261127)."""
+    spec = workload.spec
+    if workload.layout != "NCHW" or spec.transposed:
+        return False
+    pixel_runs = tuple(spec.kernel_size) == (1, 1) and tuple(spec.stride) == (1, 1) and not any(spec.pads)
+    return not pixel_runs and spec.in_channels // spec.groups % FRAGMENT == 0
+
+
+def relayout(workload, config: Config) -> bool:
+    """Whether ``config`` reads ``workload``'s NCHW input (and torch's weight) through NHWC copies:
+    A staged ``[m, k]`` from an NCHW conv2d (see ``relayout_pays``)."""
+    if workload.layout != "NCHW" or config.a_staged != A_MK:
+        return False
+    if workload.spec.transposed:
+        raise ValueError("a transposed layer's NCHW input is read in place (A staged [k, m])")
+    return True
 
 
 def _swap_last(ndim: int) -> IndexMap:
@@ -416,8 +477,9 @@ class CudaTensorCore(ScheduleRule):
     #: 2: TF32 operands, the cp.async software pipeline; 3: 1x1 input vectors, tiles by occupancy, no
     #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``);
     #: 5: split-K where the blocks leave the GPU idle (``choose_split``); transposed layers in NHWC, their
-    #: weight packed per phase on the module path (``weight_block``)
-    version = 5
+    #: weight packed per phase on the module path (``weight_block``); 6: NCHW conv2d inputs read through
+    #: an NHWC copy where that pays (``relayout_pays``), the in-place way a design space beside it
+    version = 6
     layouts = ("NCHW", "NHWC")
 
     def apply(self, func, workload, target):
@@ -467,10 +529,12 @@ class CudaTensorCore(ScheduleRule):
     def alternatives(self, func, workload, target) -> List[s_tir.Schedule]:
         """Up to ``SEARCH_TILES`` - 1 schedules that TVM schedules and verifies beside the rule's own:
         a split-K choice's tile unsplit, the rule's tile with the deepest software pipeline that fits
-        (``pipeline_stages``), then the next tiles in rank order.  The tile, the split and the pipeline
-        depth as design spaces of their own (a search measures each; no trace of this rule can carry
-        the tile or the depth as a sampled decision, since the staging, vector widths, fragment
-        layouts and multi-buffered shared memory they imply are chosen in Python)."""
+        (``pipeline_stages``), for an NCHW conv2d the first tile of the other way to read the input
+        (in place, or through an NHWC copy: ``relayout_pays``' choice, measured per layer), then the
+        next tiles in rank order.  The staging, the tile, the split and the pipeline depth as design
+        spaces of their own (a search measures each; no trace of this rule can carry them as sampled
+        decisions, since the vector widths, fragment layouts, transpose kernels and multi-buffered
+        shared memory they imply are chosen in Python)."""
         made = self.tile_and_schedule(func, workload, target)
         if made is None:
             return []
@@ -478,13 +542,16 @@ class CudaTensorCore(ScheduleRule):
         spec = workload.spec
         gemm, _ = gemm_of(s_tir.Schedule(func), spec, workload.layout)
         ranked = ranked_configs(gemm, target, _element_bytes(workload), a_staging(workload))
-        verifier = verifying_target(target, a_staging(workload))
         found: List[s_tir.Schedule] = []
+        restaged = []
+        if workload.layout == "NCHW" and not spec.transposed:
+            other = ranked_configs(gemm, target, _element_bytes(workload), A_KM if chosen.a_staged == A_MK else A_MK)
+            restaged = [completed(c, gemm, workload, target) for c in other[:1]]
         # a split-K choice's tile without the split first: whether the second kernel pays is measured
         unsplit = [replace(chosen, split_k=1)] if chosen.split_k > 1 else []
         stages = pipeline_stages(chosen, gemm.k // chosen.split_k, shared_memory_limit(target, chosen.a_staged))
         pipelined = [replace(chosen, stages=stages)] if stages > chosen.stages else []
-        for config in unsplit + pipelined + [completed(c, gemm, workload, target) for c in ranked]:
+        for config in unsplit + pipelined + restaged + [completed(c, gemm, workload, target) for c in ranked]:
             if len(found) == SEARCH_TILES - 1:
                 break
             if replace(config, input_vector=1) == replace(chosen, input_vector=1):
@@ -493,7 +560,7 @@ class CudaTensorCore(ScheduleRule):
                 _, sch = self.schedule_contiguous(func, workload, config)
             except s_tir.ScheduleError:
                 continue
-            if passes_gpu_verification(sch.mod, verifier):
+            if passes_gpu_verification(sch.mod, verifying_target(target, config.a_staged)):
                 found.append(sch)
         return found
 
@@ -503,7 +570,8 @@ class CudaTensorCore(ScheduleRule):
         could not prove a vector's pixels consecutive (it then gathers them, and nvcc rejects the
         8-half ``make_uint4`` the CUDA codegen writes for that)."""
         sch = cls.schedule(func, workload, config)
-        if config.input_vector > 1 and gathers(sch.mod, "input"):
+        staged_from = RELAYOUT_INPUT if relayout(workload, config) else "input"
+        if config.input_vector > 1 and gathers(sch.mod, staged_from):
             config = replace(config, input_vector=1)
             sch = cls.schedule(func, workload, config)
         return config, sch
@@ -522,7 +590,7 @@ class CudaTensorCore(ScheduleRule):
         # rename the block's loops, give each operand a buffer indexed by them (the reindex blocks
         # are inlined into the shared copies below), store A as [k, m] (NCHW: a row of A one channel's
         # pixels) or leave it [m, k] (NHWC: a row one pixel's taps, channels innermost).
-        gemm, to_gemm = gemm_of(sch, spec, workload.layout, config.chunk_k)
+        gemm, to_gemm = gemm_of(sch, spec, workload.layout, config.chunk_k, config.a_staged)
         sch.transform_block_layout(conv, to_gemm)
         a_view = sch.reindex(conv, ("read", 0))
         sch.reindex(conv, ("read", 1))
@@ -537,8 +605,8 @@ class CudaTensorCore(ScheduleRule):
         if config.split_k > 1:
             # Step 2b. Split-K: the GEMM of each K slice (``rfactor``) is what the tiles below compute,
             # their partial sums staged in shared memory and written to a float32 workspace.
-            conv, epilogue = _split_reduction(sch, conv, config, split_candidates(gemm, config, spec,
-                                                                                  workload.layout))
+            conv, epilogue = _split_reduction(sch, conv, config, split_candidates(gemm, config, spec),
+                                              workload.layout)
             *batch, m, n, slice_, k = sch.get_loops(conv)
             sch.reorder(slice_, *batch, m, n)
             slices = [slice_]
@@ -556,7 +624,7 @@ class CudaTensorCore(ScheduleRule):
         k_chunk, k_step = sch.split(k, [None, config.chunk_k // FRAGMENT])
         group, *phases = batch
         k_outer = []
-        if _channel_blocked(spec, gemm, workload.layout, config.chunk_k):
+        if _channel_blocked(spec, gemm, config.a_staged, config.chunk_k):
             # chunks in (channel block, tap) order (``gemm_of``): the tap a loop of its own, so that
             # the input's index is the tap's offset plus the chunk's channels, plainly consecutive
             k_block, k_chunk = sch.split(k_chunk, [None, _taps(spec, gemm)])
@@ -580,6 +648,11 @@ class CudaTensorCore(ScheduleRule):
                           skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
+        if relayout(workload, config):
+            # Step 4b. An NCHW input (and torch's weight) read through NHWC copies, each made by a
+            # transpose kernel of its own before the GEMM's: a row of A is then runs of channels.
+            for shared in (a_shared, b_shared):
+                _relayout(sch, shared)
         # Step 5. Warp fragments: loaded per mma step, accumulated in registers, written back to a
         # float32 tile in shared memory (reusing the staging space), from which the epilogue reads.
         a_frag = sch.cache_read(tile, 0, FRAGMENT_SCOPE)
@@ -609,7 +682,7 @@ class CudaTensorCore(ScheduleRule):
         # (consecutive pixels of one channel: coalesced NCHW stores) or, NHWC, along N (consecutive
         # channels of one pixel).
         e_m, e_n = sch.get_loops(epilogue)[-2:]
-        if config.a_staged == A_KM:
+        if workload.layout == "NCHW":
             sch.reorder(e_n, e_m)
             e_m, e_n = e_n, e_m
         _, e_warp, e_lane = sch.split(sch.fuse(e_m, e_n), [None, warps, WARP])
@@ -632,7 +705,7 @@ class CudaTensorCore(ScheduleRule):
 def completed(config: Config, gemm: Gemm, workload, target) -> Config:
     """A ranked tile with what follows from it for ``workload``: its input vector and its K slices."""
     config = replace(config, input_vector=input_vector(workload, config))
-    return replace(config, split_k=choose_split(gemm, config, target, workload.spec, workload.layout))
+    return replace(config, split_k=choose_split(gemm, config, target, workload.spec))
 
 
 def _epilogue(sch: s_tir.Schedule, spec):
@@ -647,13 +720,12 @@ def _epilogue(sch: s_tir.Schedule, spec):
     return sch.get_sblock("conv_reindex")
 
 
-def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List[int]):
+def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List[int], layout: str):
     """Split the GEMM's K into ``config.split_k`` slices, a sampled decision over ``candidates``
     (``split_candidates``; the rule's count its default), and make each slice's GEMM a block of its
     own (``rfactor``), writing ``[slice, group, (phase,) m, n]`` partial sums.  Those go through
     shared memory (where the accumulator fragments are written back, as without split-K) to a
-    float32 workspace, ``[.., n, m]`` for NCHW kernels (whose copy threads run along M, as their
-    output's).  Returns (the slices' GEMM block, the copy into the workspace)."""
+    float32 workspace, ``[.., n, m]`` for NCHW outputs (whose copy threads run along M).  Returns (the slices' GEMM block, the copy into the workspace)."""
     if config.split_k not in candidates:
         raise ValueError(f"{config.split_k} K slices are none of this GEMM's {candidates}")
     count = sch.sample_categorical(candidates, [1 / len(candidates)] * len(candidates),
@@ -661,7 +733,7 @@ def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List
     slices, _ = sch.split(sch.get_loops(conv)[-1], [count, None])
     partial = sch.rfactor(slices, factor_axis=0)
     to_workspace = sch.cache_write(partial, 0, "shared.dyn")
-    if config.a_staged == A_KM:
+    if layout == "NCHW":
         sch.transform_layout(to_workspace, ("write", 0), _swap_last(_ndim(sch, to_workspace, "write")))
     return partial, to_workspace
 
@@ -780,6 +852,51 @@ def _stage(sch: s_tir.Schedule, tile, operand: int, k_chunk, warps: int, vector:
     sch.vectorize(vec)
     sch.storage_align(block, 0, axis=-2, factor=WARP, offset=skew)
     return block
+
+
+#: The NHWC copy of an NCHW input that a ``relayout`` kernel reads (TVM's name for ``input``'s
+#: ``cache_read`` into global memory).
+RELAYOUT_INPUT = "input_global"
+#: A transpose kernel's tile (``_transpose_kernel``): up to 32 channels, so that a warp writes 32
+#: consecutive channels of a pixel (64 or 128 bytes), by whole rows of up to 64 pixels, read as
+#: runs of a row (a 56-wide row: 112 bytes of float16).
+TRANSPOSE_CHANNELS = 32
+TRANSPOSE_PIXELS = 64
+
+
+def _relayout(sch: s_tir.Schedule, shared) -> None:
+    """Make the shared copy ``shared`` (of an NCHW input, or of torch's ``[co, ci, kh, kw]`` weight)
+    read its operand from an NHWC copy ``[a, h, w, c]`` in global memory, made by a transpose kernel
+    before the GEMM's (:func:`_transpose_kernel`): K's runs of channels are then contiguous."""
+    copy = sch.cache_read(shared, 0, "global")
+    sch.transform_layout(copy, ("write", 0), IndexMap.from_func(lambda a, c, h, w: (a, h, w, c), index_dtype="int32"))
+    _transpose_kernel(sch, copy)
+
+
+def _transpose_kernel(sch: s_tir.Schedule, block) -> None:
+    """``block`` (``[a, c, h, w]`` -> ``[a, h, w, c]``) as a kernel of tiles of ``TRANSPOSE_CHANNELS``
+    channels x whole rows: each tile read into shared memory with the threads along the rows, and
+    written out with them along the channels, so that both sides are coalesced.  The tile's channel
+    rows are padded to one 4-byte word modulo 32, so the threads' reads down a column hit 32 banks."""
+    a, c, h, w = sch.get_loops(block)
+    channels, height, width = (int(sch.get(loop).extent) for loop in (c, h, w))
+    c, c_i = sch.split(c, [None, largest_divisor(channels, TRANSPOSE_CHANNELS)])
+    h, h_i = sch.split(h, [None, largest_divisor(height, TRANSPOSE_PIXELS // width)])
+    sch.reorder(a, c, h, c_i, h_i, w)
+    grid = sch.fuse(a, c, h)
+    sch.bind(grid, "blockIdx.x")
+    tile = sch.cache_read(block, 0, "shared")
+    sch.compute_at(tile, grid)
+    elements = math.prod(int(sch.get(loop).extent) for loop in (c_i, h_i, w))
+    # threads that divide the tile: a predicated copy left TVM unable to prove that it covers what
+    # the write-out reads, and it refused later steps at the root (split-K's compute_inline)
+    threads = largest_divisor(elements, GPU_THREADS)
+    for loops in (sch.get_loops(tile)[1:], (h_i, w, c_i)):
+        sch.reorder(*loops)
+        _, lane = sch.split(sch.fuse(*loops), [None, threads])
+        sch.bind(lane, "threadIdx.x")
+    word = max(1, 32 // DataType(sch.get(block).writes[0].source.dtype).bits)   # elements per 4-byte word
+    sch.storage_align(tile, 0, axis=1, factor=WARP * word, offset=word)
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -45,10 +46,10 @@ from schedules import CudaTensorCore, cuda_tensorcore
 from schedules.base import GPU_THREADS
 from schedules.gpu_verify import passes_gpu_verification
 from schedules.cuda_tensorcore import (ACCUMULATOR_SHARE, FRAGMENT, MAX_STAGES, NHWC_OCCUPANCY_WARPS,
-                                       OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, gathers,
-                                       gemm_of, pipeline_stages, ranked_configs, shared_memory_limit,
+                                       OCCUPANCY_WARPS, SEARCH_TILES, Config, Gemm, choose_config, completed,
+                                       gathers, gemm_of, pipeline_stages, ranked_configs, shared_memory_limit,
                                        split_candidates, verifying_target)
-from schedules.tensor_intrinsics import fragment_layout, tf32_layouts, tf32_positions, tile_position
+from schedules.tensor_intrinsics import A_KM, A_MK, fragment_layout, tf32_layouts, tf32_positions, tile_position
 from targets import host_target, resolve
 from targets.cuda import compile_context, round_to_tf32
 from test_random_configs import conv2d_cases, conv_transpose2d_cases
@@ -100,15 +101,22 @@ def _request(spec: ConvSpec, shape, operands: str, epilogue=(), layout: str = "N
 
 
 @functools.lru_cache(maxsize=None)
-def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool = False, layout: str = "NCHW"):
+def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool = False, layout: str = "NCHW",
+               staging: Optional[str] = None):
     """(request, target, schedule) of the rule alone (whatever ``CUDA_RULES`` holds); ``pipelined``:
-    its tile with the deepest software pipeline that fits (``pipeline_stages``) instead of none."""
+    its tile with the deepest software pipeline that fits (``pipeline_stages``) instead of none;
+    ``staging``: the first tile of that way to stage A (``A_KM``: an NCHW input read in place,
+    ``A_MK``: through an NHWC copy) instead of the rule's choice between them."""
     spec, shape = LAYERS[layer]
     request, target = _request(spec, shape, dtype, epilogue, layout), resolve(f"cuda/{arch}")
     func, workload = build.prim_func(request), build.workload_of(request)
     made = CudaTensorCore().tile_and_schedule(func, workload, target)
     assert made is not None, f"cuda-tensorcore declined {layer} {dtype} {arch}"
     tile, sch = made
+    if staging is not None and staging != tile.a_staged:
+        gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
+        tile = completed(ranked_configs(gemm, target, tile.element_bytes, staging)[0], gemm, workload, target)
+        tile, sch = CudaTensorCore.schedule_contiguous(func, workload, tile)
     if pipelined:
         k = gemm_of(s_tir.Schedule(func), spec, layout)[0].k
         if k <= tile.chunk_k:                     # a pipeline needs two chunks
@@ -117,6 +125,12 @@ def _scheduled(layer: str, dtype: str, arch: str, epilogue=(), pipelined: bool =
         assert tile.stages > 1
         _, sch = CudaTensorCore.schedule_contiguous(func, workload, tile)
     return request, target, sch
+
+
+def _staging(layer: str, dtype: str, layout: str = "NCHW") -> str:
+    """How the rule stages A for ``layer`` (``cuda_tensorcore.a_staging``)."""
+    spec, shape = LAYERS[layer]
+    return cuda_tensorcore.a_staging(build.workload_of(_request(spec, shape, dtype, layout=layout)))
 
 
 def without_tensorize(sch: s_tir.Schedule, func) -> s_tir.Schedule:
@@ -255,15 +269,17 @@ def test_fused_epilogue_is_applied_on_the_block_tile():
     assert bool(((y.double() - exact).abs() <= bound).all())
 
 
-def _cuda_source(layer: str, dtype: str, arch: str, pipelined: bool = False, layout: str = "NCHW") -> str:
+def _cuda_source(layer: str, dtype: str, arch: str, pipelined: bool = False, layout: str = "NCHW",
+                 staging: Optional[str] = None) -> str:
     """The CUDA source of the rule's kernel, compiled as the modules compile it (cp.async on)."""
-    _, target, sch = _scheduled(layer, dtype, arch, pipelined=pipelined, layout=layout)
+    _, target, sch = _scheduled(layer, dtype, arch, pipelined=pipelined, layout=layout, staging=staging)
     with compile_context(target):
         return cuda_binary.device_source(tvm.compile(sch.mod, target=target))
 
 
-def _ptx_and_source(layer: str, dtype: str, arch: str, pipelined: bool = False, layout: str = "NCHW"):
-    source = _cuda_source(layer, dtype, arch, pipelined, layout)
+def _ptx_and_source(layer: str, dtype: str, arch: str, pipelined: bool = False, layout: str = "NCHW",
+                    staging: Optional[str] = None):
+    source = _cuda_source(layer, dtype, arch, pipelined, layout, staging)
     return source, cuda_binary.compile_device_code(source, resolve(f"cuda/{arch}"), "ptx").decode()
 
 
@@ -315,16 +331,18 @@ CODEGEN_LAYERS = ("dense3x3", "odd_no_bias", "transposed")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", CODEGEN_LAYERS)
 def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
-    """The half types load fragments with ldmatrix; TF32 with per-lane loads and cvt.rna.tf32.f32
-    (ldmatrix.trans would split A's 32-bit elements)."""
+    """The half types load fragments with ldmatrix (``.trans`` for A staged ``[k, m]``: a transposed
+    layer's NCHW input, read in place); TF32 with per-lane loads and cvt.rna.tf32.f32 (ldmatrix.trans
+    would split A's 32-bit elements)."""
     source, ptx = _ptx_and_source(layer, dtype, arch)
+    in_place = _staging(layer, dtype) == A_KM
     assert PTX_MMA[dtype] in source and PTX_MMA[dtype] in ptx
     assert not [mma for other, mma in PTX_MMA.items() if other != dtype and mma in ptx]
     if dtype == "tf32":
         assert "ldmatrix" not in ptx
         assert 0 < ptx.count("cvt.rna.tf32.f32") <= ptx.count("ld.shared.f32")    # (and the accumulator tile's)
     else:
-        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx       # A, staged [k, m]
+        assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx) == in_place   # A, staged [k, m]
         assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx             # B, staged [n, k]
         assert "cvt.rna.tf32" not in ptx
     assert f".target {arch}" in ptx
@@ -337,10 +355,11 @@ def test_ptx_has_mma_sync_and_ldmatrix(layer, dtype, arch):
 def test_ptx_pipelines_the_staging_with_cp_async(layer, dtype, arch):
     """With ``stages`` > 1 (the rule's own choice is one: ``PIPELINE_STAGES``) the chunks are
     staged through the software pipeline: ``cp.async`` for copies of 4 or more bytes (16-byte
-    ``.cg`` weight rows; TF32's 4-byte ``.ca`` input pixels), committed in groups and waited for
-    with ``cp.async.wait_group`` before a chunk is multiplied; 2-byte copies (the half types' NCHW
-    input pixels, the transposed layer's weight taps) stay synchronous loads.  Without a pipeline
-    no copy is asynchronous."""
+    ``.cg`` weight rows and channel runs of an NHWC copy of the input; TF32's 4-byte ``.ca`` input
+    pixels where an NCHW input is read in place), committed in groups and waited for with
+    ``cp.async.wait_group`` before a chunk is multiplied; 2-byte copies (the half types' NCHW input
+    pixels, the transposed layer's weight taps) stay synchronous loads.  Without a pipeline no copy
+    is asynchronous."""
     _, _, sch = _scheduled(layer, dtype, arch, pipelined=True)
     assert "software_pipeline_stage" in str(sch.trace)
     assert "software_pipeline_stage" not in str(_scheduled(layer, dtype, arch)[2].trace)
@@ -349,11 +368,116 @@ def test_ptx_pipelines_the_staging_with_cp_async(layer, dtype, arch):
     assert "cp.async.commit_group" in ptx and "cp.async.wait_group" in ptx
     weight_rows = not LAYERS[layer][0].transposed                  # 16-byte weight vectors
     assert ("cp.async.cg.shared.global" in ptx) == weight_rows
-    assert ("cp.async.ca.shared.global" in ptx) == (dtype == "tf32")
+    assert ("cp.async.ca.shared.global" in ptx) == (dtype == "tf32" and _staging(layer, dtype) == A_KM)
 
 
 #: a cp.async copy in the CUDA source: (cache mode, bytes, the tensor it reads)
 CP_ASYNC_COPY = re.compile(r"ptx_cp_async_legacy_(?:pred_)?(c[ag])_(\d+)_\w*\(buf_dyn_shmem_ptr, [^;]*?(\w+)_ptr")
+
+
+# An NCHW conv2d input read through an NHWC copy (``cuda_tensorcore.relayout_pays``, ``_relayout``).
+
+#: (layer, ``relayout_pays``): NCHW conv2d layers with 16+ channels per group in whole mma steps go
+#: through the NHWC copy; the 1x1 unit-stride unpadded ones (runs of the plane), 17 or 24 channels
+#: per group and transposed layers are read in place.
+RELAYOUT_CHOICES = {"dense3x3": True, "strided": True, "dilated": True, "grouped": True, "reflect": True,
+                    "channel_blocks": True, "odd_no_bias": False, "odd_channels": False, "pointwise_batch2": False,
+                    "pointwise_vector": False, "pointwise_unproven": False, "transposed": False, "transposed_grouped": False}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nchw_inputs_go_through_an_nhwc_copy_where_it_pays(dtype):
+    """The rule's choice per layer (``RELAYOUT_CHOICES``); an NHWC input is staged ``[m, k]`` always,
+    in place."""
+    assert set(RELAYOUT_CHOICES) == set(LAYERS)
+    for layer, expected in RELAYOUT_CHOICES.items():
+        assert (_staging(layer, dtype) == A_MK) == expected, layer
+        assert _staging(layer, dtype, "NHWC") == A_MK
+        if expected:
+            assert "input_global" in _scheduled(layer, dtype, "sm_90")[2].mod.script()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", sorted(layer for layer, copied in RELAYOUT_CHOICES.items() if copied))
+def test_the_nchw_input_read_in_place_computes_torchs_numbers(layer, dtype):
+    """The other way for the layers the rule reads through an NHWC copy (a design space of theirs:
+    ``alternatives``): A staged ``[k, m]`` from the NCHW input, emulated against torch."""
+    request, _, sch = _scheduled(layer, dtype, "sm_90", staging=A_KM)
+    assert "input_global" not in sch.mod.script()
+    _emulated_matches(request, build.prim_func(request), sch)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ("dense3x3", "grouped"))
+def test_the_nhwc_copy_is_two_transpose_kernels_and_16_byte_copies(layer, dtype):
+    """Through the NHWC copy: a transpose kernel for the input and one for the weight, each reading
+    its tensor and writing its copy through a shared tile; the GEMM reads only the copies, in 16-byte
+    vectors (``cp.async`` 16 bytes in a pipeline), A with plain ``ldmatrix``.  (Spills: on real layers,
+    ``test_resnet_layers_through_the_nhwc_copy_compile_without_spills``.)"""
+    source, ptx = _ptx_and_source(layer, dtype, "sm_90")
+    kernels = [k for k in re.split(r'extern "C" __global__', source)[1:] if not k.split("{")[0].endswith(";\n")]
+    assert len(kernels) == 3
+    for kernel, tensor in zip(kernels, ("weight", "input")):
+        signature, body = kernel.split("{", 1)
+        assert re.findall(r"(\w+)_ptr,|(\w+)_ptr\)", signature) == [(tensor, ""), ("", f"{tensor}_global")]
+        assert f"__shared__ alignas(64) {'float' if dtype == 'tf32' else ''}" in body or "_shared_ptr[" in body
+        assert "mma" not in body
+    gemm = kernels[2]
+    assert "input_ptr" not in gemm and "weight_ptr" not in gemm
+    assert re.search(r"\*\((uint4|float4)\*\)\(input_global_ptr \+ ", gemm)
+    assert re.search(r"\*\((uint4|float4)\*\)\(weight_global_ptr \+ ", gemm)
+    assert PTX_MMA[dtype] in ptx and "ldmatrix.sync.aligned.m8n8.x4.trans" not in ptx
+    source, _ = _ptx_and_source(layer, dtype, "sm_90", pipelined=True)
+    copies = {(tensor, int(size)) for _, size, tensor in CP_ASYNC_COPY.findall(source)}
+    assert copies == {("input_global", 16), ("weight_global", 16)}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_transpose_tile_reads_rows_and_writes_channels(dtype):
+    """The input's transpose kernel on 1x32x12x12: tiles of 32 channels x 4 whole rows (48 pixels, up to
+    ``TRANSPOSE_PIXELS``), 256 threads; each channel's row of the tile padded from 48 elements to an
+    odd number of 4-byte words (33 of float16, 65 of float32), so that the threads reading down a
+    column (consecutive channels of one pixel) hit 32 banks."""
+    source = _cuda_source("dense3x3", dtype, "sm_90")
+    kernel = source.split("__restrict__ input_ptr")[-1]
+    row = 65 if dtype == "tf32" else 66
+    assert f"input_shared_ptr[{32 * row}];" in kernel
+    assert re.search(r"__launch_bounds__\(256\) conv_kernel_1\(\w+\* __restrict__ input_ptr", source)
+
+
+#: ResNet-50's 3x3 layers at batch 32 (tiles of 64-128 x 64-128: the register budget's edge)
+RESNET_3X3_BATCH_32 = [(ConvSpec.conv2d(c, c, 3, padding=1, bias=False), (32, c, s, s)) for c, s in ((64, 56), (128, 28), (256, 14))]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", range(len(RESNET_3X3_BATCH_32)))
+def test_resnet_layers_through_the_nhwc_copy_compile_without_spills(layer, dtype, arch, tmp_path):
+    """The rule's kernels (two transposes and the GEMM) for ResNet-50's 3x3 layers at batch 32 in NCHW:
+    ptxas spills nothing on sm_80 (where tiles of A staged ``[m, k]`` keep to ``SM80_MK_FRAGMENTS``) or
+    sm_90."""
+    spec, shape = RESNET_3X3_BATCH_32[layer]
+    request, target = _request(spec, shape, dtype), resolve(f"cuda/{arch}")
+    func, workload = build.prim_func(request), build.workload_of(request)
+    tile, sch = CudaTensorCore().tile_and_schedule(func, workload, target)
+    assert tile.a_staged == A_MK and tile.input_vector * tile.element_bytes == 16
+    assert arch == "sm_90" or tile.frags_m * tile.frags_n <= cuda_tensorcore.SM80_MK_FRAGMENTS
+    with compile_context(target):
+        source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    report = ptxas_report(source, arch, tmp_path)
+    assert len(report) == 3 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
+
+
+def test_both_ways_of_reading_an_nchw_input_are_design_spaces():
+    """The rule's choice for an NCHW conv2d is measured by a search: its design spaces hold the
+    rule's schedule (through the NHWC copy) and the input read in place, each a different kernel."""
+    from compiler import space
+    request, target, _ = _scheduled("dense3x3", "float16", "sm_90")
+    copied = ["input_global" in s.schedule.mod.script() for s in space.design_spaces(request, target, "ours")]
+    assert copied[0] and not all(copied)
 
 
 @needs_nvcc
@@ -363,12 +487,13 @@ def test_input_of_a_1x1_layer_is_staged_in_16_byte_copies(layer, dtype):
     """A 1x1 layer whose input planes are whole 16-byte vectors stages its input with 16-byte
     loads (A's rows are runs of the plane; ``cp.async`` in a pipeline); an odd plane (7x9) or a
     padded 3x3 layer reads a pixel per copy (2-byte loads for the half types, 4-byte ``cp.async``
-    for TF32 in a pipeline).  nvcc compiles each."""
+    for TF32 in a pipeline).  nvcc compiles each.  (The NCHW input read in place: the rule reads the
+    3x3 layer's through an NHWC copy, ``relayout_pays``.)"""
     vector = layer == "pointwise_vector"
-    source, _ = _ptx_and_source(layer, dtype, "sm_90")
+    source, _ = _ptx_and_source(layer, dtype, "sm_90", staging=A_KM)
     assert bool(re.search(r"= \*\((uint4|float4)\*\)\(input_ptr \+ ", source)) == vector
     assert "make_uint4(input" not in source
-    source, _ = _ptx_and_source(layer, dtype, "sm_90", pipelined=True)
+    source, _ = _ptx_and_source(layer, dtype, "sm_90", pipelined=True, staging=A_KM)
     copies = {(tensor, int(size)) for _, size, tensor in CP_ASYNC_COPY.findall(source)}
     expected_input = {16} if vector else ({4} if dtype == "tf32" else set())
     assert {size for tensor, size in copies if tensor == "input"} == expected_input
@@ -458,9 +583,10 @@ SASS_HMMA = {"float16": re.compile(r"HMMA\.16816\.F32(?!\.BF16)"), "bfloat16": r
 @pytest.mark.parametrize("layer", ("dense3x3", "transposed"))
 def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
     """The machine code, not only the PTX: ptxas turned the mma.sync into HMMA of the layer's operand
-    type and the ldmatrix into LDSM (TF32: 32-bit shared loads), and the inner loop's operands come
-    from shared memory."""
+    type and the ldmatrix into LDSM (``.trans`` only for A staged ``[k, m]``, the transposed layer's
+    NCHW input; TF32: 32-bit shared loads), and the inner loop's operands come from shared memory."""
     source = _cuda_source(layer, dtype, arch)
+    in_place = _staging(layer, dtype) == A_KM
     ptxas_report(source, arch, tmp_path)                       # writes kernel.cubin
     sass = disassembled(tmp_path)
     assert f"code for {arch}" in sass
@@ -468,7 +594,7 @@ def test_sass_holds_hmma_and_ldsm(layer, dtype, arch, tmp_path):
     if dtype == "tf32":
         assert "LDSM" not in sass and re.search(r"LDS(\.32)? ", sass)
     else:
-        assert "LDSM.16.MT88.4" in sass and "LDSM.16.M88.4" in sass      # ldmatrix .trans (A) and plain (B)
+        assert ("LDSM.16.MT88.4" in sass) == in_place and "LDSM.16.M88.4" in sass   # ldmatrix .trans (A [k, m]), plain
     assert not [other for other, hmma in SASS_HMMA.items() if other != dtype and hmma.search(sass)]
 
 
@@ -573,7 +699,7 @@ def test_shared_memory_model_is_tvms_allocation(layer, dtype):
     the one ``shared.dyn`` buffer TVM's lowering leaves (staging and accumulator tile merged)."""
     request, target, sch = _scheduled(layer, dtype, "sm_90")
     config = choose_config(gemm_of(s_tir.Schedule(build.prim_func(request)), request.spec)[0], target,
-                           element_bytes=4 if dtype == "tf32" else 2)
+                           element_bytes=4 if dtype == "tf32" else 2, a_staged=_staging(layer, dtype))
     assert _dynamic_shared_buffers(sch, target) == [config.shared_bytes()]
 
 
@@ -858,7 +984,7 @@ def _split(layer: str, operands: str, layout: str, slices=max, epilogue=()):
         tile = replace(tile, chunk_k=FRAGMENT)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cuda_tensorcore, "MIN_SLICE_K", FRAGMENT)
-        candidates = split_candidates(gemm, tile, spec, layout)
+        candidates = split_candidates(gemm, tile, spec)
         assert candidates, f"{layer}: K of {gemm.k} cannot be split"
         tile, sch = CudaTensorCore.schedule_contiguous(func, workload, replace(tile, split_k=slices(candidates)))
     return request, func, sch
@@ -898,7 +1024,7 @@ def test_split_k_applies_the_fused_epilogue_in_the_second_kernel(layout):
 def test_split_k_count_is_a_sampled_decision_any_value_of_which_computes_torchs_numbers():
     """The slice count is the design space's ``sample_categorical`` over ``split_candidates``, the
     rule's count its default; the trace replayed with another count is a different, correct kernel."""
-    request, func, sch = _split("channel_blocks", "float16", "NCHW", slices=min)
+    request, func, sch = _split("dense3x3", "float16", "NCHW", slices=min)
     (inst,) = [i for i in sch.trace.insts if i.kind.name == "SampleCategorical"]
     candidates = [int(c) for c in inst.attrs[0]]
     assert len(candidates) > 1 and int(sch.trace.decisions[inst]) == 0      # the rule's: the fewest
@@ -919,17 +1045,17 @@ def test_split_k_is_chosen_where_the_blocks_leave_the_gpu_idle(layout):
     the tiles aim for; batch 32 fills it without."""
     target = resolve("cuda/sm_90")
     spec, (_, channels, size, _) = DEEP_BATCH_1
-    wanted = (NHWC_OCCUPANCY_WARPS if layout == "NHWC" else OCCUPANCY_WARPS) * 132
     for batch in (1, 32):
         request = KernelRequest(spec, (batch, channels, size, size), "float16", None, layout=layout)
         func, workload = build.prim_func(request), build.workload_of(request)
         tile, _ = CudaTensorCore().tile_and_schedule(func, workload, target)
+        wanted = (NHWC_OCCUPANCY_WARPS if tile.a_staged == A_MK else OCCUPANCY_WARPS) * 132
         gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
         warps = _warps_per_sm(gemm, tile, 132) * 132
         if batch == 32:
             assert tile.split_k == 1 and warps >= wanted
             continue
-        candidates = split_candidates(gemm, tile, spec, layout)
+        candidates = split_candidates(gemm, tile, spec)
         assert tile.split_k in candidates and warps * tile.split_k >= wanted
         assert all(warps * fewer < wanted for fewer in candidates if fewer < tile.split_k)
         assert -(-gemm.k // tile.chunk_k) % tile.split_k == 0
@@ -940,7 +1066,8 @@ def test_split_k_is_chosen_where_the_blocks_leave_the_gpu_idle(layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_split_k_kernels_compile_with_mma_sync_and_no_spills(dtype, tmp_path):
     """The batch-1 deep layer as the rule splits it, for sm_90: two kernels, the slices' with
-    mma.sync (and ldmatrix for the half types), the sum's without; no spills."""
+    mma.sync (and ldmatrix for the half types), the sum's without, after the two transposes of its
+    input and weight (``relayout``); no spills."""
     spec, shape = DEEP_BATCH_1
     request = _request(spec, shape, dtype)
     target = resolve("cuda/sm_90")
@@ -950,14 +1077,16 @@ def test_split_k_kernels_compile_with_mma_sync_and_no_spills(dtype, tmp_path):
     with compile_context(target):
         source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
     kernels = [k for k in re.split(r'extern "C" __global__', source)[1:] if not k.split("{")[0].endswith(";\n")]
-    assert len(kernels) == 2                   # (the definitions, not the declarations before them)
+    assert len(kernels) == 4                   # (the definitions, not the declarations before them)
+    transposes, kernels = kernels[:2], kernels[2:]
+    assert all("_global_ptr" in k.split("{")[0] and "mma" not in k for k in transposes)
     assert PTX_MMA[dtype].split(".")[0] + "." in kernels[0] and "mma" not in kernels[1]
     # the second kernel's only memory: the workspace and the output (the sum in a register)
     assert kernels[1].split("{")[0].count("__restrict__") == 2
     ptx = cuda_binary.compile_device_code(source, target, "ptx").decode()
     assert PTX_MMA[dtype] in ptx and (dtype == "tf32" or "ldmatrix" in ptx)
     report = ptxas_report(source, "sm_90", tmp_path)
-    assert len(report) == 2 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
+    assert len(report) == 4 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
 
 
 def test_the_unsplit_tile_is_the_first_other_design_space():
@@ -1139,7 +1268,7 @@ def test_random_layers_through_the_module_path_compute_torchs_numbers(case):
         gemm = gemm_of(s_tir.Schedule(func), spec, layout)[0]
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(cuda_tensorcore, "MIN_SLICE_K", FRAGMENT)
-            candidates = split_candidates(gemm, tile, spec, layout)
+            candidates = split_candidates(gemm, tile, spec)
             if candidates:
                 tile, sch = CudaTensorCore.schedule_contiguous(
                     func, workload, replace(tile, split_k=candidates[pick % len(candidates)]))
