@@ -158,9 +158,21 @@ class PhaseTaps:
     layout: str = NCHW
 
 
+@dataclass(frozen=True)
+class ChannelsLastWeight:
+    """A conv2d weight packed ``[co, kh, kw, ci/groups]`` (a channels_last weight's bytes) for a kernel
+    of NCHW activations that reads its K as runs of input channels (the tensor-core rule's NCHW
+    input read through an NHWC copy: ``schedules.cuda_tensorcore.relayout``).  An NHWC request's
+    weight has this layout already (``_placeholders``)."""
+
+
 def packed_weight_shape(spec: ConvSpec, block):
     """The packed weight's shape: for ``block`` output channels ``[co/block, ci/groups, kh, kw,
-    block]`` (a block of output channels' weights contiguous); for a :class:`PhaseTaps`, its layout."""
+    block]`` (a block of output channels' weights contiguous); for a :class:`PhaseTaps` or a
+    :class:`ChannelsLastWeight`, its layout."""
+    if isinstance(block, ChannelsLastWeight):
+        co, cpg, kh, kw = spec.weight_shape
+        return (co, kh, kw, cpg)
     if isinstance(block, PhaseTaps):
         (sh, sw), taps = spec.stride, _phase_tap_counts(spec)
         cpg, opg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
@@ -178,6 +190,9 @@ def pack_weight(spec: ConvSpec, dtype: str, block) -> List[te.Tensor]:
     w = te.placeholder(spec.weight_shape, dtype, name="weight")
     if isinstance(block, PhaseTaps):
         return [w, te.compute(packed_weight_shape(spec, block), _phase_packing(spec, w, block), name="packed_weight")]
+    if isinstance(block, ChannelsLastWeight):
+        return [w, te.compute(packed_weight_shape(spec, block), lambda co, r, c, ci: w[co, ci, r, c],
+                              name="packed_weight")]
     packed = te.compute(packed_weight_shape(spec, block),
                         lambda a, ci, r, c, v: w[a * block + v, ci, r, c], name="packed_weight")
     return [w, packed]
@@ -228,16 +243,17 @@ def _kernel_tap(r_pad, j, g, s_red, inv):
 
 def _placeholders(spec: ConvSpec, input_shape: Sequence[int], dtype: str, weight_block=None, layout: str = NCHW):
     """(input, weight, bias): the input a :class:`_Physical` view of ``layout``; the weight torch's
-    ``[co, ci/groups, kh, kw]``, pre-packed (``weight_block``), or for NHWC ``[co, kh, kw, ci/groups]``,
+    ``[co, ci/groups, kh, kw]``, pre-packed (``weight_block``), or for NHWC (or a
+    :class:`ChannelsLastWeight`) ``[co, kh, kw, ci/groups]``,
     each a view indexed as torch's (the compute stays one); a :class:`PhaseTaps` packing the plain
     packed placeholder, which ``conv_transpose2d`` indexes by phase itself."""
     x = _Physical(te.placeholder(physical(input_shape, layout), dtype, name="input"), layout)
     if isinstance(weight_block, PhaseTaps):           # read as packed (``conv_transpose2d``)
         w = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
-    elif weight_block:
+    elif weight_block and not isinstance(weight_block, ChannelsLastWeight):
         packed = te.placeholder(packed_weight_shape(spec, weight_block), dtype, name="weight")
         w = _WeightView(packed, lambda co, ci, r, c: (co // weight_block, ci, r, c, co % weight_block))
-    elif layout != NCHW:
+    elif layout != NCHW or weight_block:
         co, cpg, kh, kw = spec.weight_shape
         w = _WeightView(te.placeholder((co, kh, kw, cpg), dtype, name="weight"), lambda co, ci, r, c: (co, r, c, ci))
     else:
@@ -504,7 +520,7 @@ def bias_grad(shape: Sequence[int], dtype: str) -> List[te.Tensor]:
 def define(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
     """The TE tensors of ``request``, by operator (``weight_block``: the weight argument is
     pre-packed by :func:`pack_weight`, in blocks of output channels for the forward conv2d, by
-    :class:`PhaseTaps` for the forward conv_transpose2d)."""
+    :class:`PhaseTaps` for the forward conv_transpose2d, :class:`ChannelsLastWeight` for an NCHW conv2d)."""
     if request.operator == FORWARD and request.spec.transposed and isinstance(weight_block, PhaseTaps):
         if weight_block.layout != request.layout:
             raise ValueError(f"{weight_block} is not the packing of a {request.layout} kernel")
@@ -520,4 +536,6 @@ def define(request: KernelRequest, weight_block=None) -> List[te.Tensor]:
         return conv_transpose2d(request)
     if isinstance(weight_block, PhaseTaps):
         raise ValueError("PhaseTaps packs a transposed layer's weight")
+    if isinstance(weight_block, ChannelsLastWeight) and request.layout != NCHW:
+        raise ValueError("an NHWC kernel reads [co, kh, kw, ci/groups] weights already (no ChannelsLastWeight)")
     return conv2d(request, weight_block)

@@ -50,6 +50,10 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "bwd-f32-b8:--backward --dtype float32 --batch 8"
   "bwd-f16-b32:--backward --dtype float16 --batch 32"
 )
+#: f16-b32, bf16-b32, f32-tf32-b32 (NCHW): cuda-tensorcore 6 reads the 3x3 layers' NCHW inputs through an
+#: NHWC copy (two transpose kernels, the weight packed once per module; relayout_pays), untimed; the
+#: tile sweep of an NCHW build (tensorcore_sweep.py build .sweep --smem 227) times it against the input
+#: read in place (the sweep's second configuration of each conv2d layer), kernels alone
 #: f32-b32: exact FP32 (TF32 off) at batch 32, where cuda-direct 3 takes its register-blocked tile
 #: (8 channels x up to 4 columns per thread, channel-blocked weights): built and checked without a GPU,
 #: not yet timed (tests/test_cuda_direct.py; the GPU test test_exact_float32_batches_take_the_...)

@@ -488,9 +488,19 @@ class CudaTensorCore(ScheduleRule):
 
     def weight_block(self, workload, target):
         """A transposed layer's weight packed per output phase (``compute.PhaseTaps``): each phase's
-        GEMM rows contiguous in K, so B loads 16 bytes at a time as conv2d's torch-layout weight does."""
-        from compiler.compute import PhaseTaps
-        return PhaseTaps(workload.layout) if workload.spec.transposed and self.takes(workload, target) else None
+        GEMM rows contiguous in K, so B loads 16 bytes at a time as conv2d's torch-layout weight does.
+        An NCHW conv2d read through an NHWC copy (``relayout_pays``): its weight packed ``[co, kh, kw,
+        ci/groups]`` once per module (``compute.ChannelsLastWeight``) instead of transposed at every
+        call (except where the two layouts have one shape, ci/groups = kh = kw: nothing would tell
+        them apart, ``_ohwi_weight``)."""
+        from compiler.compute import ChannelsLastWeight, PhaseTaps
+        if not self.takes(workload, target):
+            return None
+        spec = workload.spec
+        if spec.transposed:
+            return PhaseTaps(workload.layout)
+        co, cpg, kh, kw = spec.weight_shape
+        return ChannelsLastWeight() if relayout_pays(workload) and (co, kh, kw, cpg) != spec.weight_shape else None
 
     def takes(self, workload, target) -> bool:
         """sm_80+ with 32-lane warps, tensor-core operands (``operand_type``), 16+ channels per group
@@ -651,7 +661,7 @@ class CudaTensorCore(ScheduleRule):
         if relayout(workload, config):
             # Step 4b. An NCHW input (and torch's weight) read through NHWC copies, each made by a
             # transpose kernel of its own before the GEMM's: a row of A is then runs of channels.
-            for shared in (a_shared, b_shared):
+            for shared in (a_shared, b_shared) if not _ohwi_weight(func, spec) else (a_shared,):
                 _relayout(sch, shared)
         # Step 5. Warp fragments: loaded per mma step, accumulated in registers, written back to a
         # float32 tile in shared memory (reusing the staging space), from which the epilogue reads.
@@ -762,6 +772,14 @@ def _weight_vector(spec, gemm: Gemm, config: Config, packed: bool = False) -> in
     while lanes > 1 and (gemm.k % lanes or config.chunk_k % lanes):
         lanes //= 2
     return lanes
+
+
+def _ohwi_weight(func, spec) -> bool:
+    """Whether ``func`` takes a conv2d weight packed ``[co, kh, kw, ci/groups]`` (``weight_block``'s
+    ``compute.ChannelsLastWeight``, whose shape differs from torch's)."""
+    co, cpg, kh, kw = spec.weight_shape
+    shape = tuple(int(d) for d in func.params[1].shape)
+    return not spec.transposed and shape == (co, kh, kw, cpg) != tuple(spec.weight_shape)
 
 
 def _phase_packed(func) -> bool:

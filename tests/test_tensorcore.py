@@ -471,6 +471,47 @@ def test_resnet_layers_through_the_nhwc_copy_compile_without_spills(layer, dtype
     assert len(report) == 3 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
 
 
+def _module_path(layer: str, dtype: str):
+    """(request, function, schedule, packing) as a module call schedules ``layer``
+    (``build.schedule(prepacked=True)``)."""
+    spec, shape = LAYERS[layer]
+    request = _request(spec, shape, dtype)
+    scheduled = build.schedule(request, resolve("cuda/sm_90"), prepacked=True)
+    func = build.prim_func(request, scheduled.weight_block)
+    sch = s_tir.Schedule(func)
+    scheduled.trace.apply_to_schedule(sch, remove_postproc=False)
+    return request, func, sch, scheduled.weight_block
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", ["dense3x3", "grouped", "reflect", "channel_blocks"])
+def test_a_module_packs_the_weight_once_for_the_nhwc_copy_path(layer, dtype):
+    """On the module path the weight of a layer read through an NHWC copy is packed ``[co, kh, kw,
+    ci/groups]`` once per module (``compute.ChannelsLastWeight``, the pack kernel's compute), so only
+    the input is transposed per call; emulated with the packed weight, it computes torch's numbers."""
+    request, func, sch, packing = _module_path(layer, dtype)
+    assert packing == compute.ChannelsLastWeight()
+    text = sch.mod.script()
+    assert "input_global" in text and "weight_global" not in text
+    _emulated_matches(request, func, sch, packing)
+
+
+@needs_nvcc
+def test_the_packed_weight_is_read_in_16_byte_copies_and_packed_on_the_gpu(tmp_path):
+    """The module's kernels for a layer through the NHWC copy: the pack kernel (one thread per packed
+    element), the input's transpose and the GEMM, which reads the packed weight in 16-byte vectors."""
+    request, _, sch, packing = _module_path("dense3x3", "float16")
+    target = resolve("cuda/sm_90")
+    mod = build._with_weight_pack(sch.mod, request, packing, target)
+    with compile_context(target):
+        source = cuda_binary.device_source(tvm.compile(mod, target=target))
+    assert re.search(r"\*\(uint4\*\)\(weight_ptr \+ ", source)
+    assert re.search(r"\*\(uint4\*\)\(input_global_ptr \+ ", source) and "weight_global" not in source
+    kernels = set(re.findall(r"__launch_bounds__\((\d+)\) (\w+)\(", source))
+    assert (str(GPU_THREADS), f"{build.PACK_ENTRY}_kernel") in kernels
+    assert all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in ptxas_report(source, "sm_90", tmp_path))
+
+
 def test_both_ways_of_reading_an_nchw_input_are_design_spaces():
     """The rule's choice for an NCHW conv2d is measured by a search: its design spaces hold the
     rule's schedule (through the NHWC copy) and the input read in place, each a different kernel."""
@@ -1199,13 +1240,21 @@ def test_phase_packed_weight_is_staged_in_16_byte_copies(dtype, layout, tmp_path
         assert (stack, stores, loads) == (0, 0, 0) and registers <= 255
 
 
-def test_only_the_transposed_form_asks_for_packed_weights():
+def test_the_transposed_form_and_nchw_inputs_through_an_nhwc_copy_ask_for_packed_weights():
+    """Per phase for the transposed form; ``[co, kh, kw, ci/groups]`` for a conv2d whose NCHW input
+    is read through an NHWC copy (``relayout_pays``); torch's layout for the others (an NHWC kernel
+    reads that layout as its own)."""
     rule, target = CudaTensorCore(), resolve("cuda/sm_90")
-    for layer in ("dense3x3", "transposed"):
+    for layer in ("dense3x3", "transposed", "pointwise_batch2", "odd_no_bias"):
         spec, shape = LAYERS[layer]
         for layout in ("NCHW", "NHWC"):
             workload = build.workload_of(_request(spec, shape, "float16", layout=layout))
-            assert rule.weight_block(workload, target) == (compute.PhaseTaps(layout) if spec.transposed else None)
+            expected = compute.PhaseTaps(layout) if spec.transposed else \
+                compute.ChannelsLastWeight() if layout == "NCHW" and RELAYOUT_CHOICES[layer] else None
+            assert rule.weight_block(workload, target) == expected, (layer, layout)
+    # where the two layouts have one shape (16 channels per group, a 16x16 kernel) nothing is packed
+    workload = build.workload_of(_request(ConvSpec.conv2d(16, 16, 16, padding=8), (1, 16, 20, 20), "float16"))
+    assert cuda_tensorcore.relayout_pays(workload) and rule.weight_block(workload, target) is None
     # a layer the rule does not take gets cuda-direct's torch-layout weight
     spec = ConvSpec.conv_transpose2d(32, 16, 3, stride=2, dilation=2)
     scheduled = build.schedule(_request(spec, (1, 32, 8, 8), "float16"), target, prepacked=True)
