@@ -124,6 +124,10 @@ def choose_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, el
     return CudaTile(co_t=co_t, h_t=h_t, w_t=w_t, co_i=co_i, w_i=w_i, rc_i=rc_i)
 
 
+def _element_bytes(dtype: str) -> int:
+    return 2 if dtype in ("float16", "bfloat16") else int(dtype[-2:]) // 8
+
+
 def _shrink(tile: CudaTile) -> Optional[CudaTile]:
     """The next smaller tile to try when the verifier refuses one (shared memory first)."""
     if tile.rc_i > 1:
@@ -137,9 +141,12 @@ def _shrink(tile: CudaTile) -> Optional[CudaTile]:
     return None
 
 
-#: Vector widths of the cooperative copies into shared memory the search may try (the hand
-#: schedule's: 1, what the copies' rows allow for every layer: a padded window's rows are not aligned).
+#: Vector widths of the cooperative copies into shared memory the search may try, where they are
+#: provably aligned (``copy_vectors``): a vector load from an address that is not a multiple of its
+#: size faults on the GPU, and a fault takes the tuner's CUDA context with it.
 COPY_VECTORS = (1, 2, 4)
+#: Widest vector load of the GPU (``LDG.128``)
+VECTOR_BYTES = 16
 #: The vector width of the packed weight's copy (``weight_block``): a chunk's weights are one run
 #: of ``rc_i * kh * kw * B`` elements starting at a multiple of B (8 channels per thread): 16-byte
 #: loads for float32.
@@ -149,18 +156,36 @@ PACKED_COPY_VECTOR = 4
 MAX_REGISTER_TILE = 8
 
 
+def copy_vectors(spec, element_bytes: int, packed: bool) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The vector widths of ``COPY_VECTORS`` (at most ``VECTOR_BYTES``) that keep the (input,
+    weight) copies aligned whatever the tile.  The input window's rows start wherever the window's
+    first column falls (``w0 * stride - pad``): 1.  A packed weight (``weight_block``) is copied as
+    runs starting at multiples of its block of 8 or more channels: every width.  Torch's weight: a
+    chunk's run starts at a multiple of ``kh * kw`` within rows of ``ci/groups * kh * kw`` elements
+    (and TVM proves a vector contiguous only where the run is whole vectors), so the widths dividing
+    that row; the transposed form's taps are computed in the copy: 1."""
+    fitting = [v for v in COPY_VECTORS if v * element_bytes <= VECTOR_BYTES]
+    if spec.transposed:
+        return (1,), (1,)
+    if packed:
+        return (1,), tuple(fitting)
+    co, cpg, kh, kw = spec.weight_shape
+    return (1,), tuple(v for v in fitting if cpg * kh * kw % v == 0)
+
+
 class CudaDirect(ScheduleRule):
     name = "cuda-direct"
     #: 2: the tiles are sampling decisions and the copies are split by RewriteCooperativeFetch;
-    #: 3: the register-blocked tile (``blocked_tile``) with channel-blocked weights (``weight_block``)
-    version = 3
+    #: 3: the register-blocked tile (``blocked_tile``) with channel-blocked weights (``weight_block``);
+    #: 4: copy vectors the search may take only where aligned (``copy_vectors``)
+    version = 4
 
     def apply(self, func, workload, target):
         if str(target.kind.name) != "cuda":
             return None
         tile = self.tile(workload, target)
         packed = len(func.params[1].shape) == 5                  # ``weight_block``'s layout
-        return first_verified(tile, lambda t: self._schedule(func, workload.spec, t, packed), _shrink, target,
+        return first_verified(tile, lambda t: self._schedule(func, workload, t, packed), _shrink, target,
                               self.postprocess)
 
     def weight_block(self, workload, target):
@@ -184,7 +209,7 @@ class CudaDirect(ScheduleRule):
             out_h, out_w = (-(-size // stride) for size, stride in zip(spatial, spec.stride))
         else:
             out_h, out_w = spatial
-        element_bytes = 2 if workload.dtype in ("float16", "bfloat16") else int(workload.dtype[-2:]) // 8
+        element_bytes = _element_bytes(workload.dtype)
         in_per_group = spec.in_channels // spec.groups
         warp = int(target.attrs.get("thread_warp_size", 32))
         blocked = blocked_tile(co, out_h, out_w, in_per_group, element_bytes, math.prod(workload.output_shape),
@@ -200,7 +225,8 @@ class CudaDirect(ScheduleRule):
         return sch
 
     @staticmethod
-    def _schedule(func, spec, tile: CudaTile, packed: bool = False) -> s_tir.Schedule:
+    def _schedule(func, workload, tile: CudaTile, packed: bool = False) -> s_tir.Schedule:
+        spec = workload.spec
         sch = s_tir.Schedule(func)
         conv = sch.get_sblock("conv")
         # Step 1. Shared-memory copies of the (padded) input and the weight slice; the pad and the
@@ -242,15 +268,17 @@ class CudaDirect(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         # Step 3. Stage each reduction chunk cooperatively: the copy's loops fused, split over the
         # block's threads by ``postprocess`` (whatever thread count the tiles give).
-        for cached, vector in ((input_shared, 1), (weight_shared, PACKED_COPY_VECTOR if packed else 1)):
+        inputs, weights = copy_vectors(spec, _element_bytes(workload.dtype), packed)
+        weight_vector = max(v for v in weights if v <= PACKED_COPY_VECTOR) if packed else 1   # float64: 2
+        for cached, vector, vectors in ((input_shared, 1, inputs), (weight_shared, weight_vector, weights)):
             sch.compute_at(cached, rc_o, preserve_unit_loops=True)
             own = sch.get_loops(cached)[3 + len(vthreads) + len(phases):]  # below grid, vthreads, threads, rc_o
             if not own:                              # a one-element window has no loops of its own
                 own = [sch.add_unit_loop(cached)]
             if len(own) > 1:
                 sch.fuse(*own)
-            vector = sch.sample_categorical(list(COPY_VECTORS), [1 / len(COPY_VECTORS)] * len(COPY_VECTORS),
-                                            decision=COPY_VECTORS.index(vector))
+            vector = sch.sample_categorical(list(vectors), [1 / len(vectors)] * len(vectors),
+                                            decision=vectors.index(vector))
             sch.annotate(cached, "meta_schedule.cooperative_fetch", vector)
         # Step 4. Accumulate in registers; write back (with bias and cast) from the registers.
         acc = sch.cache_write(conv, 0, "local")

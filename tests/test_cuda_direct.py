@@ -213,3 +213,63 @@ def test_blocked_tile_multiply_adds_per_shared_load(layer, shape, arch, tmp_path
     assert ops["LDS.128"] and ops["LDG.E.128.CONSTANT"], ops
     _, plain = _sass_counts(_request(layer, (1, *shape[1:])), arch, tmp_path)
     assert per_shared_load(ops) >= 2 * per_shared_load(plain), plain
+
+
+# The copies' vector widths a search may take (``cuda_direct.copy_vectors``): only aligned ones.
+
+def test_copy_vectors_are_the_aligned_widths():
+    """The input window: 1 (its rows start at ``w0 * stride - pad``).  Torch's weight: the widths
+    dividing a row of ``ci/groups * kh * kw`` elements, 16 bytes at most; packed: every width up to 16
+    bytes; the transposed form (taps computed in the copy): 1."""
+    cases = {
+        ("Conv2d(64, 64, 3, padding=1)", "float32", False): ((1,), (1, 2, 4)),
+        ("Conv2d(64, 64, 3, padding=1)", "float64", False): ((1,), (1, 2)),
+        ("Conv2d(64, 64, 3, padding=1)", "float32", True): ((1,), (1, 2, 4)),
+        ("Conv2d(64, 64, 3, padding=1)", "float64", True): ((1,), (1, 2)),
+        ("Conv2d(3, 64, 7, stride=2, padding=3)", "float32", False): ((1,), (1,)),          # 147 a row
+        ("Conv2d(32, 32, 3, padding=1, groups=32)", "float16", False): ((1,), (1,)),        # 9 a row
+        ("Conv2d(6, 12, 3, groups=3)", "float16", False): ((1,), (1, 2)),                   # 18 a row
+        ("ConvTranspose2d(64, 32, 4, stride=2, padding=1)", "float32", False): ((1,), (1,)),
+    }
+    for (layer, dtype, packed), expected in cases.items():
+        assert cuda_direct.copy_vectors(spec_of(layer), 8 if dtype == "float64" else int(dtype[-2:]) // 8,
+                                        packed) == expected, layer
+
+
+@pytest.mark.parametrize("layer,shape,dtype,prepacked", [
+    ("Conv2d(16, 32, 3, padding=1)", (1, 16, 10, 10), "float32", False),
+    ("Conv2d(6, 12, 3, groups=3)", (1, 6, 9, 9), "float16", False),
+    ("Conv2d(16, 32, 3, padding=1)", (2, 16, 12, 12), "float32", True),
+    ("Conv2d(8, 16, 3, padding=1, groups=8)", (1, 8, 7, 9), "float64", False),
+])
+def test_every_copy_vector_of_the_design_space_computes_torchs_numbers(layer, shape, dtype, prepacked):
+    """The trace's vector decisions offer ``copy_vectors``' widths, the hand schedule's as default;
+    replayed with each weight width in turn (and the copies split again by ``postprocess``), the
+    kernel (emulated) computes torch's numbers, and its CUDA source loads the weight in vectors of that
+    width only where it takes more than one."""
+    request = _request(layer, shape, dtype)
+    with blocked_everywhere():
+        scheduled = build.schedule(request, SM90, rules=(CudaDirect(),), prepacked=prepacked)
+    func = build.prim_func(request, scheduled.weight_block)
+    inputs, weights = cuda_direct.copy_vectors(request.spec, 8 if dtype == "float64" else int(dtype[-2:]) // 8,
+                                               bool(scheduled.weight_block))
+    copies = [i for i in scheduled.trace.insts if i.kind.name == "SampleCategorical"][-2:]
+    assert [[int(c) for c in inst.attrs[0]] for inst in copies] == [list(inputs), list(weights)]
+    spec = request.spec
+    kind = getattr(torch, dtype)
+    m = compiler.Conv2d(**spec.constructor_args(), dtype=kind)
+    x = torch.randn(*shape, dtype=kind)
+    weight = m.weight.detach()
+    if scheduled.weight_block:
+        weight = _pack_on_host(request, scheduled.weight_block, weight)
+    for decision, width in enumerate(weights):
+        sch = tvm.s_tir.Schedule(func)
+        scheduled.trace.with_decision(copies[1], decision, remove_postproc=True).apply_to_schedule(
+            sch, remove_postproc=True)
+        sch = CudaDirect().postprocess(sch)
+        y = x.new_empty(spec.output_shape(shape))
+        compile_serialised(sch.mod)(x, weight, *([m.bias.detach()] if m.bias is not None else []), y)
+        assert_output_matches(m, x, y)
+        source = cuda_binary.device_source(tvm.compile(sch.mod, target=SM90))
+        vectors = set(re.findall(r"\*\((\w+?)(\d)\*\)\(weight_ptr \+ ", source))
+        assert {int(n) for _, n in vectors} <= ({width} if width > 1 else set())
