@@ -170,6 +170,7 @@ class Config:
     input_vector: int = 1   # input elements per global load (``input_vector``; 1: a pixel each)
     a_staged: str = A_KM    # A in shared memory as [k, m] (NCHW inputs) or [m, k] (A_MK: NHWC inputs)
     split_k: int = 1   # K slices computed by separate thread blocks, summed by a second kernel
+    weight_vector: Optional[int] = None   # weight elements per global load (None: ``_weight_vector``'s)
 
     @property
     def block_m(self) -> int:
@@ -564,8 +565,8 @@ class CudaTensorCore(ScheduleRule):
         for config in unsplit + pipelined + restaged + [completed(c, gemm, workload, target) for c in ranked]:
             if len(found) == SEARCH_TILES - 1:
                 break
-            if replace(config, input_vector=1) == replace(chosen, input_vector=1):
-                continue                 # the rule's own tile (its input vector set by schedule_contiguous)
+            if replace(config, input_vector=1, weight_vector=None) == replace(chosen, input_vector=1, weight_vector=None):
+                continue                 # the rule's own tile (its vectors set by schedule_contiguous)
             try:
                 _, sch = self.schedule_contiguous(func, workload, config)
             except s_tir.ScheduleError:
@@ -576,15 +577,19 @@ class CudaTensorCore(ScheduleRule):
 
     @classmethod
     def schedule_contiguous(cls, func, workload, config: Config) -> Tuple[Config, s_tir.Schedule]:
-        """(tile, schedule) for ``config``: as it is, or without input vectors where TVM's vectorizer
-        could not prove a vector's pixels consecutive (it then gathers them, and nvcc rejects the
-        8-half ``make_uint4`` the CUDA codegen writes for that)."""
+        """(tile, schedule) for ``config``: as it is, or without input (or weight) vectors where TVM's
+        vectorizer could not prove a vector's elements consecutive (it then gathers them, and nvcc
+        rejects the 8-half ``make_uint4`` the CUDA codegen writes for that: the weight of
+        Conv2d(128, 128, 3) at batch 1, read in place in NCHW with K split in 3, was such a gather)."""
         sch = cls.schedule(func, workload, config)
-        staged_from = RELAYOUT_INPUT if relayout(workload, config) else "input"
-        if config.input_vector > 1 and gathers(sch.mod, staged_from):
-            config = replace(config, input_vector=1)
-            sch = cls.schedule(func, workload, config)
-        return config, sch
+        copied = relayout(workload, config)
+        fixed = config
+        if config.input_vector > 1 and gathers(sch.mod, RELAYOUT_INPUT if copied else "input"):
+            fixed = replace(fixed, input_vector=1)
+        weight = "weight_global" if copied and not _ohwi_weight(func, workload.spec) else "weight"
+        if config.weight_vector != 1 and gathers(sch.mod, weight):
+            fixed = replace(fixed, weight_vector=1)        # (split K of an NCHW weight read in place)
+        return (config, sch) if fixed == config else (fixed, cls.schedule(func, workload, fixed))
 
     @staticmethod
     def schedule(func, workload, config: Config) -> s_tir.Schedule:
@@ -654,8 +659,8 @@ class CudaTensorCore(ScheduleRule):
         warps = config.warps_m * config.warps_n
         skew_a, skew_b = config.skews
         a_shared = _stage(sch, tile, 0, k_chunk, warps, vector=config.input_vector, skew=skew_a)
-        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=_weight_vector(spec, gemm, config, _phase_packed(func)),
-                          skew=skew_b)
+        weight_vector = config.weight_vector or _weight_vector(spec, gemm, config, _phase_packed(func))
+        b_shared = _stage(sch, tile, 1, k_chunk, warps, vector=weight_vector, skew=skew_b)
         for shared in (a_shared, b_shared):
             _inline_producers(sch, shared)
         if relayout(workload, config):

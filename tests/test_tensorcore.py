@@ -1130,6 +1130,29 @@ def test_split_k_kernels_compile_with_mma_sync_and_no_spills(dtype, tmp_path):
     assert len(report) == 4 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
 
 
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_split_weight_read_in_place_that_tvm_would_gather_is_read_an_element_at_a_time(dtype):
+    """Conv2d(128, 128, 3) at batch 1 with its NCHW input read in place (the design space beside the
+    rule's NHWC copy) splits K in 3, and TVM cannot prove the weight's 16-byte vectors consecutive
+    across a slice's K (``(k // 9, k % 9 // 3, k % 3)``): it would gather them, in an 8-half
+    ``make_uint4`` nvcc rejects.  ``schedule_contiguous`` reads that weight an element at a time; nvcc
+    compiles the kernel and, emulated, it computes torch's numbers."""
+    spec, shape = ConvSpec.conv2d(128, 128, 3, padding=1), (1, 128, 28, 28)
+    request, target = _request(spec, shape, dtype), resolve("cuda/sm_90")
+    func, workload = build.prim_func(request), build.workload_of(request)
+    gemm = gemm_of(s_tir.Schedule(func), spec)[0]
+    tile = completed(ranked_configs(gemm, target, 4 if dtype == "tf32" else 2, A_KM)[0], gemm, workload, target)
+    assert tile.split_k == 3 and tile.weight_vector is None
+    tile, sch = CudaTensorCore.schedule_contiguous(func, workload, tile)
+    assert tile.weight_vector == 1 and not gathers(sch.mod, "weight")
+    with compile_context(target):
+        source = cuda_binary.device_source(tvm.compile(sch.mod, target=target))
+    assert "make_uint4(weight" not in source
+    cuda_binary.compile_device_code(source, target, "ptx")
+    _emulated_matches(request, func, sch)
+
+
 def test_the_unsplit_tile_is_the_first_other_design_space():
     """Whether split-K's second kernel pays is for a search to measure: the rule's tile without the
     split is the design space after the rule's own."""
