@@ -36,10 +36,11 @@ phases are interleaved by a second, elementwise kernel (as ``cuda-direct`` does)
 
 An NCHW conv2d input that would be read a pixel per load (every layer but the 1x1, stride-1,
 unpadded ones) is instead read through an NHWC copy where a group's channels fill 16-byte vectors
-(``relayout_pays``, measured; ``relayout``): two transpose kernels in the same module (``_relayout``:
-the input and torch's weight, each through a shared-memory tile) write ``[n, h, w, c]`` and ``[co, kh,
-kw, ci]`` copies to a workspace, and the GEMM is the NHWC one below, writing NCHW.  The in-place
-form stays a design space beside it (``alternatives``).
+(``relayout_pays``, measured; ``relayout``): a transpose kernel in the same module (``_relayout``,
+through a shared-memory tile) writes an ``[n, h, w, c]`` copy of the input to a workspace, the weight
+is packed ``[co, kh, kw, ci]`` once per module (``weight_block``; searches and exported libraries
+take torch's layout and transpose it in a second kernel), and the GEMM is the NHWC one below,
+writing NCHW.  The in-place form stays a design space beside it (``alternatives``).
 
 NHWC (channels_last tensors read and written in place, ``compiler.request.LAYOUTS``): A is staged
 ``[m, k]``, K ordered (kh, kw, c) or by channel blocks (``gemm_of``), so a row of A is runs of one

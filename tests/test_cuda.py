@@ -139,6 +139,31 @@ def test_exact_float32_batches_take_the_register_blocked_tile_on_the_gpu(layer, 
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layer,shape", [("Conv2d(128, 128, 3, padding=1)", (8, 128, 28, 28)),
+                                         ("Conv2d(64, 128, 3, stride=2, padding=1, groups=2)", (4, 64, 30, 30)),
+                                         ("Conv2d(512, 512, 3, padding=1, bias=False)", (1, 512, 7, 7))])
+def test_nchw_inputs_go_through_an_nhwc_copy_on_the_gpu(layer, shape, dtype):
+    """NCHW inputs of 3x3 layers in the half types and TF32 (torch's default): the tensor-core rule
+    reads them through an NHWC copy (a transpose kernel before the GEMM's, K split at batch 1), the
+    weight packed ``[co, kh, kw, ci/groups]`` once per module and again after an in-place update;
+    torch's numbers in an NCHW output."""
+    from compiler import compute
+    from compiler.layers import parse_layer
+    from schedules import cuda_tensorcore
+    m = parse_layer(layer).to("cuda", dtype)
+    m.tuning_database = False
+    x = torch.randn(*shape, device="cuda", dtype=dtype)
+    for _ in range(2):
+        y = assert_matches_torch(m, x)
+        assert y.is_contiguous() and m.schedule == "cuda-tensorcore"
+        assert cuda_tensorcore.relayout_pays(build.workload_of(m.last_request))
+        assert m.kernel.weight_block == compute.ChannelsLastWeight()
+        with torch.no_grad():
+            m.weight.mul_(-0.5)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("weights", ["contiguous", "channels_last"])
