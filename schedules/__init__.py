@@ -7,6 +7,7 @@ from .cpu_direct import CpuDirect
 from .cpu_pointwise import CpuPointwise
 from .cpu_transposed import CpuTransposed
 from .cpu_weight_grad import CpuWeightGrad
+from .cuda_depthwise_nhwc import CudaDepthwiseNhwc
 from .cuda_direct import CudaDirect
 from .cuda_tensorcore import CudaTensorCore
 from .cuda_weight_grad import CudaWeightGrad
@@ -19,8 +20,9 @@ from .grad_folds import PadGrad, schedule_bias_grad
 CPU_RULES = (CpuWeightGrad(), PadGrad(), CpuTransposed(), CpuDepthwiseNhwc(), CpuDepthwise(), CpuPointwise(),
              CpuChannelVector(), CpuDirect(), CpuFallback())
 #: The CUDA rule chain: the gradient kernels' rules, then tensor cores for the half types on sm_80+
-#: (16+ channels per group on both sides), then the direct rule, which covers every forward variant.
-CUDA_RULES = (CudaWeightGrad(), PadGrad(), CudaTensorCore(), CudaDirect())
+#: (16+ channels per group on both sides), channels_last depthwise layers in channel vectors, then
+#: the direct rule, which covers every forward variant.
+CUDA_RULES = (CudaWeightGrad(), PadGrad(), CudaTensorCore(), CudaDepthwiseNhwc(), CudaDirect())
 
 
 def rules_for(target):
@@ -32,5 +34,5 @@ def rules_for(target):
         return CUDA_RULES
     raise ValueError(f"no hand-written schedules for target kind {kind!r} (llvm and cuda have them)")
 
-__all__ = ["NoRule", "ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDepthwiseNhwc", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
+__all__ = ["NoRule", "ScheduleRule", "Workload", "apply_first", "CPU_RULES", "CUDA_RULES", "rules_for", "CudaDepthwiseNhwc", "CudaDirect", "CudaTensorCore", "CpuChannelVector", "CpuDepthwise", "CpuDepthwiseNhwc", "CpuDirect", "CpuPointwise", "CpuTransposed", "CpuFallback", "CpuWeightGrad", "CudaWeightGrad", "PadGrad",
            "schedule_bias_grad"]

@@ -88,8 +88,10 @@ def test_nhwc_is_a_forward_layout():
 
 @pytest.mark.parametrize("layer,shape,layout,rule", [
     (ConvSpec.conv2d(32, 64, 3, padding=1), (2, 32, 8, 8), "NHWC", "cuda-tensorcore"),
-    # depthwise: no tensor-core kernel, so no NHWC one: the call takes the NCHW kernel
-    (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (2, 32, 8, 8), "NCHW", "cuda-direct"),
+    # depthwise: no tensor-core kernel, but the channel-vector one (cuda-depthwise-nhwc) ...
+    (ConvSpec.conv2d(32, 32, 3, padding=1, groups=32), (2, 32, 8, 8), "NHWC", "cuda-depthwise-nhwc"),
+    # ... not for 12 half channels (1.5 vectors): the call takes the NCHW kernel
+    (ConvSpec.conv2d(12, 12, 3, padding=1, groups=12), (2, 12, 8, 8), "NCHW", "cuda-direct"),
     # the transposed form too, where the tensor-core rule takes it
     (ConvSpec.conv_transpose2d(32, 16, 4, stride=2, padding=1), (1, 32, 8, 8), "NHWC", "cuda-tensorcore"),
     # ... not where stride and dilation share a factor (phases without taps): cuda-direct, NCHW

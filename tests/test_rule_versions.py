@@ -50,7 +50,8 @@ CASES = [("znver4", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32"),
          ("znver3", "Conv2d(96, 192, 2, stride=2)", "1,96,56,56", "float32", "NHWC"),
          ("znver3", "Conv2d(64, 64, 3, padding=1)", "1,64,56,56", "float32", "NHWC"),
          ("znver4", "Conv2d(256, 256, 3, padding=1)", "1,256,14,14", "float32", "NHWC"),
-         ("sm_90", "Conv2d(128, 128, 3, padding=1)", "32,128,28,28", "float16", "NHWC")]
+         ("sm_90", "Conv2d(128, 128, 3, padding=1)", "32,128,28,28", "float16", "NHWC"),
+         ("sm_90", "Conv2d(144, 144, 3, padding=1, groups=144)", "8,144,56,56", "float16", "NHWC")]
 
 
 def _case_id(case) -> str:
