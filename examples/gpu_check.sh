@@ -47,6 +47,7 @@ SETTINGS=(                                     # name : bench flags (most wanted
   "bf16-b32-cl:--dtype bfloat16 --batch 32 --channels-last"
   "f32-tf32-b32-cl:--dtype float32 --tf32 --batch 32 --channels-last"
   "f16-b1-cl:--dtype float16 --batch 1 --channels-last"
+  "dw-f16-b32-cl:--dtype float16 --batch 32 --channels-last --layers-file examples/cuda_depthwise_layers.txt"
   "bwd-f32-b8:--backward --dtype float32 --batch 8"
   "bwd-f16-b32:--backward --dtype float16 --batch 32"
 )
@@ -54,6 +55,7 @@ SETTINGS=(                                     # name : bench flags (most wanted
 #: NHWC copy (two transpose kernels, the weight packed once per module; relayout_pays), untimed; the
 #: tile sweep of an NCHW build (tensorcore_sweep.py build .sweep --smem 227) times it against the input
 #: read in place (the sweep's second configuration of each conv2d layer), kernels alone
+#: dw-f16-b32-cl: channels_last depthwise layers (cuda-depthwise-nhwc, 16-byte channel vectors), untimed
 #: f32-b32: exact FP32 (TF32 off) at batch 32, where cuda-direct 3 takes its register-blocked tile
 #: (8 channels x up to 4 columns per thread, channel-blocked weights): built and checked without a GPU,
 #: not yet timed (tests/test_cuda_direct.py; the GPU test test_exact_float32_batches_take_the_...)
