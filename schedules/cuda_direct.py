@@ -18,8 +18,9 @@ counts under ``BLOCKED_COLUMNS``): this is the exact-FP32 path, where torch's TF
 As a design space (version 2): the block x thread x register tiles of channels, rows and columns and
 the reduction chunk are ``sample_perfect_tile`` decisions where the hand tile divides the extent (a
 width of 56 under 16-thread rows stays a fixed split), and the cooperative copies are left to
-MetaSchedule's ``RewriteCooperativeFetch`` (``postprocess``), their vector width a decision (1 by
-default), so that a searched tile's thread count splits the copies.
+MetaSchedule's ``RewriteCooperativeFetch`` (``postprocess``), their vector width a decision over the
+widths that stay aligned (``copy_vectors``; the hand schedule's by default), so that a searched tile's
+thread count splits the copies.
 """
 from __future__ import annotations
 

@@ -418,7 +418,9 @@ def relayout_pays(workload) -> bool:
     ``input_vector``) and the NHWC copy's channel runs are whole 16-byte vectors that TVM can prove
     so: a group's input channels in whole 16-element mma steps (24 channels, a K of 216 for a 3x3
     layer, pad K to whole steps, and that padding's test, differing from lane to lane of a vector,
-    made TVM read the copy an element at a time: ``_chunk``).  Measured on an H100 (kernels alone, float16, batch 32, ResNet-50's layers; NCHW:
+    made TVM read the copy an element at a time: ``_chunk``).
+
+    Measured on an H100 (kernels alone, float16, batch 32, ResNet-50's layers; NCHW:
     tuning_logs/cuda-sm_90/sweep-h100-20261126.json, NHWC: h100-nhwc-20261127/sweep-occupancies.log),
     the best NHWC kernels of the 3x3 layers took 0.030-0.062 ms against 0.136-0.270 ms for the best
     NCHW ones (Conv2d(128, 128, 3) on 28x28: 0.030 against 0.136), while the 1x1 layers were level
@@ -436,8 +438,8 @@ def relayout_pays(workload) -> bool:
 
 
 def relayout(workload, config: Config) -> bool:
-    """Whether ``config`` reads ``workload``'s NCHW input (and torch's weight) through NHWC copies:
-    A staged ``[m, k]`` from an NCHW conv2d (see ``relayout_pays``)."""
+    """Whether ``config`` reads ``workload``'s NCHW input (and a torch-layout weight) through NHWC
+    copies: A staged ``[m, k]`` from an NCHW conv2d (see ``relayout_pays``)."""
     if workload.layout != "NCHW" or config.a_staged != A_MK:
         return False
     if workload.spec.transposed:
@@ -480,7 +482,9 @@ class CudaTensorCore(ScheduleRule):
     #: pipeline; 4: NHWC tiles within the architecture's opt-in shared memory (``shared_memory_limit``);
     #: 5: split-K where the blocks leave the GPU idle (``choose_split``); transposed layers in NHWC, their
     #: weight packed per phase on the module path (``weight_block``); 6: NCHW conv2d inputs read through
-    #: an NHWC copy where that pays (``relayout_pays``), the in-place way a design space beside it
+    #: an NHWC copy where that pays (``relayout_pays``; the weight packed for it on the module path),
+    #: the in-place way a design space beside it; ``[m, k]`` tiles before sm_90 within
+    #: ``SM80_MK_FRAGMENTS``; a weight TVM would gather read an element at a time
     version = 6
     layouts = ("NCHW", "NHWC")
 
