@@ -199,6 +199,11 @@ def apply_first(rules: Sequence[ScheduleRule], make_func: Callable[[Optional[int
     raise NoRule(f"no schedule rule accepts {workload}")
 
 
+#: Bytes per element of each layer dtype (weights are packed in the layer's dtype).
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+#: Bytes of the GPU's widest load and store (``LDG.E.128``, ``cp.async`` 16): a vector of a copy.
+GPU_VECTOR_BYTES = 16
+
 #: Threads per block of the GPU's elementwise and gradient passes (the transposed form's phase
 #: interleave, split-K's sum, weight packing, the gradient folds): 8 warps, as the direct rule's blocks.
 GPU_THREADS = 256

@@ -23,8 +23,7 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import CPU_UNROLL_STEPS, ScheduleRule, native_lanes, tunable_split, vectorize_if_wide
-from .cpu_tiles import DTYPE_BYTES
+from .base import CPU_UNROLL_STEPS, DTYPE_BYTES, ScheduleRule, native_lanes, tunable_split, vectorize_if_wide
 
 #: Weight bytes up to which every tile may re-read the whole weight matrix: a 32 KB L1 data cache
 #: (Zen 2/3/4, Intel since Sandy Bridge).  Measured: 6-14 KB layers ran 1.1-2.7x faster than with

@@ -23,7 +23,7 @@ from tvm.sym.analyzer import Analyzer
 
 from targets.cpu import cpu_info
 
-from .base import has_block, registers_per_vector, tunable_split
+from .base import DTYPE_BYTES, has_block, registers_per_vector, tunable_split
 
 #: Packed weights of one channel vector above which a layer takes the blocked tiles, whose chunks
 #: reuse them from L1 (other tilings re-stream them for every pixel tile): Zen 2/3's L2 per core
@@ -71,10 +71,6 @@ def tile_extent(extent: int, limit: int) -> int:
         return extent
     divisors = [t for t in range(limit, (limit + 1) // 2 - 1, -1) if extent % t == 0]
     return divisors[0] if divisors else limit
-
-
-#: Bytes per element of each layer dtype (weights are packed in the layer's dtype).
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def reduction_chunk(channels: int, channel_bytes: int, sums_bytes: int) -> int:

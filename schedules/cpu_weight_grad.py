@@ -19,13 +19,12 @@ from tvm import s_tir
 
 from targets.cpu import cpu_info
 
-from .base import (ScheduleRule, accumulator_lanes, has_block, largest_divisor, native_lanes, registers_per_vector,
+from .base import (DTYPE_BYTES, ScheduleRule, accumulator_lanes, has_block, largest_divisor, native_lanes, registers_per_vector,
                    schedule_pad, vectorize_if_wide)
 
 #: Bytes of the packed ``gy`` chunk a task sweeps all its tiles with: half of a 32 KiB L1 data
 #: cache (the input rows the tile reads take the rest).
 CHUNK_BYTES = 16 * 1024
-DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
 def tap_tile(in_per_group: int, kernel: tuple, taps: int) -> tuple:

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .base import GPU_THREADS, ScheduleRule, largest_divisor
+from .base import DTYPE_BYTES, GPU_THREADS, GPU_VECTOR_BYTES, ScheduleRule, largest_divisor
 
-#: Bytes of one channel vector: the widest global load (``LDG.E.128``).
-VECTOR_BYTES = 16
 #: Most output columns per thread: each holds ``lanes`` float32 sums (8 x 8 = 64 registers for the
 #: half types), beside the loaded input and weight vectors; 4 divides the widths of MobileNet's and
 #: EfficientNet's stages (112, 56, 28, 14) and 7's.
@@ -33,8 +31,8 @@ MAX_COLUMNS = 4
 
 
 def channel_lanes(dtype: str) -> int:
-    """Channels per vector: 16 bytes of ``dtype``."""
-    return VECTOR_BYTES // (2 if dtype in ("float16", "bfloat16") else int(dtype[-2:]) // 8)
+    """Channels per vector: ``GPU_VECTOR_BYTES`` of ``dtype``."""
+    return GPU_VECTOR_BYTES // DTYPE_BYTES[dtype]
 
 
 class CudaDepthwiseNhwc(ScheduleRule):

@@ -33,7 +33,8 @@ from tvm.s_tir import meta_schedule as ms
 
 from targets.cuda import multiprocessors
 
-from .base import ScheduleRule, bind_elementwise, has_block, largest_divisor, tunable_tiles
+from .base import (DTYPE_BYTES, GPU_VECTOR_BYTES, ScheduleRule, bind_elementwise, has_block, largest_divisor,
+                   tunable_tiles)
 from .gpu_verify import first_verified
 
 
@@ -125,10 +126,6 @@ def choose_tile(out_channels: int, out_h: int, out_w: int, in_per_group: int, el
     return CudaTile(co_t=co_t, h_t=h_t, w_t=w_t, co_i=co_i, w_i=w_i, rc_i=rc_i)
 
 
-def _element_bytes(dtype: str) -> int:
-    return 2 if dtype in ("float16", "bfloat16") else int(dtype[-2:]) // 8
-
-
 def _shrink(tile: CudaTile) -> Optional[CudaTile]:
     """The next smaller tile to try when the verifier refuses one (shared memory first)."""
     if tile.rc_i > 1:
@@ -146,8 +143,6 @@ def _shrink(tile: CudaTile) -> Optional[CudaTile]:
 #: provably aligned (``copy_vectors``): a vector load from an address that is not a multiple of its
 #: size faults on the GPU, and a fault takes the tuner's CUDA context with it.
 COPY_VECTORS = (1, 2, 4)
-#: Widest vector load of the GPU (``LDG.128``)
-VECTOR_BYTES = 16
 #: The vector width of the packed weight's copy (``weight_block``): a chunk's weights are one run
 #: of ``rc_i * kh * kw * B`` elements starting at a multiple of B (8 channels per thread): 16-byte
 #: loads for float32.
@@ -158,14 +153,14 @@ MAX_REGISTER_TILE = 8
 
 
 def copy_vectors(spec, element_bytes: int, packed: bool) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """The vector widths of ``COPY_VECTORS`` (at most ``VECTOR_BYTES``) that keep the (input,
+    """The vector widths of ``COPY_VECTORS`` (at most ``GPU_VECTOR_BYTES``) that keep the (input,
     weight) copies aligned whatever the tile.  The input window's rows start wherever the window's
     first column falls (``w0 * stride - pad``): 1.  A packed weight (``weight_block``) is copied as
     runs starting at multiples of its block of 8 or more channels: every width.  Torch's weight: a
     chunk's run starts at a multiple of ``kh * kw`` within rows of ``ci/groups * kh * kw`` elements
     (and TVM proves a vector contiguous only where the run is whole vectors), so the widths dividing
     that row; the transposed form's taps are computed in the copy: 1."""
-    fitting = [v for v in COPY_VECTORS if v * element_bytes <= VECTOR_BYTES]
+    fitting = [v for v in COPY_VECTORS if v * element_bytes <= GPU_VECTOR_BYTES]
     if spec.transposed:
         return (1,), (1,)
     if packed:
@@ -210,7 +205,7 @@ class CudaDirect(ScheduleRule):
             out_h, out_w = (-(-size // stride) for size, stride in zip(spatial, spec.stride))
         else:
             out_h, out_w = spatial
-        element_bytes = _element_bytes(workload.dtype)
+        element_bytes = DTYPE_BYTES[workload.dtype]
         in_per_group = spec.in_channels // spec.groups
         warp = int(target.attrs.get("thread_warp_size", 32))
         blocked = blocked_tile(co, out_h, out_w, in_per_group, element_bytes, math.prod(workload.output_shape),
@@ -269,7 +264,7 @@ class CudaDirect(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         # Step 3. Stage each reduction chunk cooperatively: the copy's loops fused, split over the
         # block's threads by ``postprocess`` (whatever thread count the tiles give).
-        inputs, weights = copy_vectors(spec, _element_bytes(workload.dtype), packed)
+        inputs, weights = copy_vectors(spec, DTYPE_BYTES[workload.dtype], packed)
         weight_vector = max(v for v in weights if v <= PACKED_COPY_VECTOR) if packed else 1   # float64: 2
         for cached, vector, vectors in ((input_shared, 1, inputs), (weight_shared, weight_vector, weights)):
             sch.compute_at(cached, rc_o, preserve_unit_loops=True)

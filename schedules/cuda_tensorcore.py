@@ -79,7 +79,7 @@ from tvm.tirx import IndexMap
 
 from targets.cuda import arch_number, multiprocessors, opt_in_shared_memory, with_shared_memory
 
-from .base import GPU_THREADS, ScheduleRule, bind_elementwise, has_block, largest_divisor
+from .base import GPU_THREADS, GPU_VECTOR_BYTES, ScheduleRule, bind_elementwise, has_block, largest_divisor
 from .gpu_verify import first_verified, passes_gpu_verification
 from .tensor_intrinsics import A_KM, A_MK, FRAGMENT_SCOPE, PTX_TYPE, STORAGE, TF32, fragment_layout, intrinsics, layouts
 
@@ -93,8 +93,6 @@ WARP = 32
 #: lane % 4) from A's row t at column g and from B's row g at column t (``tf32_layouts``): rows 8
 #: words apart (A) and 4 words apart (B) put a warp's 32 reads in 32 banks.
 SKEWS = {2: (8, 8), 4: (8, 4)}
-#: Bytes of one global-to-shared vector load (``LDG.128``)
-VECTOR_BYTES = 16
 #: Deepest software pipeline over the reduction chunks: 3 stages keep two chunks' copies in flight
 #: behind the one being multiplied (CUTLASS's sm_80 default for 128x128 tiles is 3-4).
 MAX_STAGES = 3
@@ -745,7 +743,8 @@ def _split_reduction(sch: s_tir.Schedule, conv, config: Config, candidates: List
     (``split_candidates``; the rule's count its default), and make each slice's GEMM a block of its
     own (``rfactor``), writing ``[slice, group, (phase,) m, n]`` partial sums.  Those go through
     shared memory (where the accumulator fragments are written back, as without split-K) to a
-    float32 workspace, ``[.., n, m]`` for NCHW outputs (whose copy threads run along M).  Returns (the slices' GEMM block, the copy into the workspace)."""
+    float32 workspace, ``[.., n, m]`` for NCHW outputs (whose copy threads run along M).  Returns (the
+    slices' GEMM block, the copy into the workspace)."""
     if config.split_k not in candidates:
         raise ValueError(f"{config.split_k} K slices are none of this GEMM's {candidates}")
     count = sch.sample_categorical(candidates, [1 / len(candidates)] * len(candidates),
@@ -773,12 +772,12 @@ def _slice_sum_kernel(sch: s_tir.Schedule, spec) -> None:
 
 
 def _weight_vector(spec, gemm: Gemm, config: Config, packed: bool = False) -> int:
-    """Elements per vector load of the weight: ``VECTOR_BYTES`` when every row of K starts aligned,
+    """Elements per vector load of the weight: ``GPU_VECTOR_BYTES`` when every row of K starts aligned,
     else the widest power of two that keeps them aligned.  A transposed layer's weight only when
     ``packed`` per phase (``compute.PhaseTaps``; torch's ``[ci, co, kh, kw]`` has no run of K)."""
     if spec.transposed and not packed:
         return 1
-    lanes = VECTOR_BYTES // config.element_bytes
+    lanes = GPU_VECTOR_BYTES // config.element_bytes
     while lanes > 1 and (gemm.k % lanes or config.chunk_k % lanes):
         lanes //= 2
     return lanes
@@ -800,15 +799,15 @@ def _phase_packed(func) -> bool:
 
 def input_vector(workload, config: Config) -> int:
     """Elements per vector load of the input.  NHWC: a row of A (``[m, k]``) holds one output
-    pixel's taps, each a run of the pixel's input channels, so ``VECTOR_BYTES`` loads wherever the
+    pixel's taps, each a run of the pixel's input channels, so ``GPU_VECTOR_BYTES`` loads wherever the
     channels of a group and the chunk are whole vectors (a vector then never spans two taps, and the
     padding's test is the same for its lanes).  NCHW: a row (``[k, m]``) holds one input channel at
     consecutive output pixels; for a 1x1, stride-1, unpadded layer those are consecutive elements of
-    the channel's NCHW plane, so ``VECTOR_BYTES`` loads (``cp.async`` 16 bytes) when the plane
+    the channel's NCHW plane, so ``GPU_VECTOR_BYTES`` loads (``cp.async`` 16 bytes) when the plane
     and the block's pixels are whole vectors (a vector then never spans two images or the GEMM's
     padding); every other layer reads a tap per element (its padding or stride breaks the run)."""
     spec = workload.spec
-    lanes = VECTOR_BYTES // config.element_bytes
+    lanes = GPU_VECTOR_BYTES // config.element_bytes
     if config.a_staged == A_MK:
         per_group = spec.in_channels // spec.groups
         while lanes > 1 and (per_group % lanes or config.chunk_k % lanes):
