@@ -471,12 +471,13 @@ def test_resnet_layers_through_the_nhwc_copy_compile_without_spills(layer, dtype
     assert len(report) == 3 and all((stack, stores, loads) == (0, 0, 0) for stack, stores, loads, _ in report)
 
 
-def _module_path(layer: str, dtype: str):
+def _module_path(layer: str, dtype: str, layout: str = "NCHW"):
     """(request, function, schedule, packing) as a module call schedules ``layer``
-    (``build.schedule(prepacked=True)``)."""
+    (``build.schedule(prepacked=True)``; searches and exported libraries take torch's weight)."""
     spec, shape = LAYERS[layer]
-    request = _request(spec, shape, dtype)
+    request = _request(spec, shape, dtype, layout=layout)
     scheduled = build.schedule(request, resolve("cuda/sm_90"), prepacked=True)
+    assert scheduled.rule == "cuda-tensorcore"
     func = build.prim_func(request, scheduled.weight_block)
     sch = s_tir.Schedule(func)
     scheduled.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -1213,15 +1214,10 @@ def test_the_rule_tile_with_a_pipeline_is_a_design_space(layer, dtype, layout):
 # The transposed form's weight packed per output phase (``compute.PhaseTaps``), as modules run it.
 
 def _phase_packed(layer: str, operands: str, layout: str):
-    """(request, packed function, the rule's schedule of it) as ``build.schedule(prepacked=True)``
-    makes it: the path of module calls (searches and exported libraries take torch's weight)."""
-    spec, shape = LAYERS[layer]
-    request = _request(spec, shape, operands, layout=layout)
-    scheduled = build.schedule(request, resolve("cuda/sm_90"), prepacked=True)
-    assert scheduled.rule == "cuda-tensorcore" and scheduled.weight_block == compute.PhaseTaps(layout)
-    func = build.prim_func(request, scheduled.weight_block)
-    sch = s_tir.Schedule(func)
-    scheduled.trace.apply_to_schedule(sch, remove_postproc=False)
+    """(request, packed function, the rule's schedule of it) of a transposed layer on the module path
+    (``_module_path``): its weight packed per phase."""
+    request, func, sch, packing = _module_path(layer, operands, layout)
+    assert packing == compute.PhaseTaps(layout)
     return request, func, sch
 
 
